@@ -1,0 +1,1 @@
+"""Benchmarks: loaders for multiple-choice files and the embedded ``world`` benchmark."""

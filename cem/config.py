@@ -1,0 +1,81 @@
+"""Typed configs for the project's own concepts, registered in Hydra's ConfigStore.
+
+Each command's YAML (``conf/<command>.yaml``) starts from one of the ``*Job`` schemas
+below, so a misspelt or unknown key fails at composition, before any compute.
+Every default lives here or in ``conf/``; the code never hides one in ``cfg.get``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A causal LM: an offline asset, a local folder, a hub id, or a random tiny Llama."""
+
+    name: str = MISSING  # short label used in outputs and W&B
+    path: str | None = None  # local folder or hub id; ignored when ``asset`` is set
+    asset: str | None = None  # name of an offline asset that provides the model (``cem assets list``)
+    tokenizer: str | None = None  # tokenizer folder or hub id; defaults to the model's
+    random_init: bool = False  # build from ``arch`` with random weights (tests only)
+    arch: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs for ``random_init``
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    revision: str | None = None
+    trust_remote_code: bool = False
+    chat: bool = False  # an instruct/chat model: generation mode wraps prompts in its chat template
+    max_length: int = 2048  # longest prompt+continuation scored; longer ones are truncated on the left
+
+
+@dataclass
+class BenchmarkConfig:
+    """Where the multiple-choice items come from and how they are posed."""
+
+    name: str = MISSING  # world | xiezhi | mmlu | ceval | jsonl | parquet
+    path: str | None = None  # a file or a folder of files (not used by ``world``)
+    set_name: str = "exam"  # which set a loaded file counts as
+    limit: int | None = None  # keep the first N items of each set
+    skip_bad_rows: bool = False  # skip malformed rows and report how many, instead of failing
+    formulation: str = "cf"  # the benchmark's default: mcf | cf (chosen on the instruction pool)
+    instruction: str = ""  # optional line put before every MCF question
+    answer_cue: str = "Answer:"
+    # ``world`` only: the seeded split of countries and what is asked about them.
+    seed: int = 0
+    pool_fraction: float = 0.2
+    exam_fraction: float = 0.4
+    relations: list[str] = field(
+        default_factory=lambda: ["capital", "region", "subregion", "language", "currency", "demonym"]
+    )
+    ood: list[str] = field(default_factory=lambda: ["reverse", "borders"])
+
+
+@dataclass
+class EvalConfig:
+    """How items are scored."""
+
+    formulation: str | None = None  # mcf | cf; null takes the benchmark's default
+    mcf_target: str = "letter"  # letter | text: in MCF, score the letter or the option text
+    mode: str = "loglik"  # loglik | generate
+    batch_size: int = 32  # questions per forward pass (options are expanded from the cached prefix)
+    chat_template: bool = False  # loglik: wrap the question in the model's chat template
+    max_new_tokens: int = 24  # generate mode
+    sets: list[str] | None = None  # which sets to score; null scores every set the benchmark has
+    progress: bool = True
+
+
+@dataclass
+class EvalJob:
+    run_dir: str = MISSING
+    seed: int = 0
+    model: ModelConfig = MISSING
+    benchmark: BenchmarkConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="eval_schema", node=EvalJob)
