@@ -8,10 +8,11 @@ Every default lives here or in ``conf/``; the code never hides one in ``cfg.get`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 
 @dataclass
@@ -20,7 +21,9 @@ class ModelConfig:
 
     name: str = MISSING  # short label used in outputs and W&B
     path: str | None = None  # local folder or hub id; ignored when ``asset`` is set
-    asset: str | None = None  # name of an offline asset that provides the model (``cem assets list``)
+    asset: str | None = (
+        None  # name of an offline asset that provides the model (``cem assets list``)
+    )
     tokenizer: str | None = None  # tokenizer folder or hub id; defaults to the model's
     random_init: bool = False  # build from ``arch`` with random weights (tests only)
     arch: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs for ``random_init``
@@ -28,7 +31,9 @@ class ModelConfig:
     revision: str | None = None
     trust_remote_code: bool = False
     chat: bool = False  # an instruct/chat model: generation mode wraps prompts in its chat template
-    max_length: int = 2048  # longest prompt+continuation scored; longer ones are truncated on the left
+    max_length: int = (
+        2048  # longest prompt+continuation scored; longer ones are truncated on the left
+    )
 
 
 @dataclass
@@ -48,7 +53,14 @@ class BenchmarkConfig:
     pool_fraction: float = 0.2
     exam_fraction: float = 0.4
     relations: list[str] = field(
-        default_factory=lambda: ["capital", "region", "subregion", "language", "currency", "demonym"]
+        default_factory=lambda: [
+            "capital",
+            "region",
+            "subregion",
+            "language",
+            "currency",
+            "demonym",
+        ]
     )
     ood: list[str] = field(default_factory=lambda: ["reverse", "borders"])
 
@@ -79,3 +91,13 @@ class EvalJob:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="eval_schema", node=EvalJob)
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """Where this job writes: ``run_dir``, or the job's own folder inside a Hydra sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.run_dir)

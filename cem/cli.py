@@ -1,0 +1,102 @@
+"""The ``cem`` command: ``cem <command> [key=value ...]``.
+
+Hydra commands compose ``conf/<command>.yaml``; ``cem assets`` is a plain argparse tool.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cem.errors import CemError
+
+# command -> (module:function taking the composed config, one-line help)
+HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": (
+        "cem.evaluation.runner:run_eval",
+        "score a model on a benchmark and list its mistakes",
+    ),
+}
+USAGE = """usage: cem <command> [key=value ...]
+
+commands:
+{commands}
+  assets     fetch, list or verify the offline assets (cem assets --help)
+
+Hydra options work after the command: `cem eval --cfg job` prints the composed config,
+`cem eval -m seed=0,1,2` runs a sweep. `run_dir=PATH` sets where a command writes."""
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder beside the package (editable install or source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if candidate.is_dir():
+            return candidate
+    raise CemError(f"config folder not found beside {here}; reinstall with `pip install -e .`")
+
+
+def _load(target: str) -> Callable[[DictConfig], object]:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _finish_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def run_hydra(command: str, overrides: list[str]) -> None:
+    """Compose ``conf/<command>.yaml`` with the overrides and run the command's task."""
+    import hydra
+
+    from cem.config import register_configs
+
+    register_configs()
+    task = _load(HYDRA_COMMANDS[command][0])
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)
+    def _app(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except CemError as e:
+            print(f"cem {command}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            _finish_wandb()
+
+    sys.argv = [f"cem {command}", *overrides]
+    _app()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in HYDRA_COMMANDS.items())
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.format(commands=commands))
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "assets":
+            from cem.assets.cli import main as assets_main
+
+            return assets_main(rest)
+        if command not in HYDRA_COMMANDS:
+            known = ", ".join([*HYDRA_COMMANDS, "assets"])
+            raise CemError(
+                f"unknown command {command!r}; known commands: {known} (try `cem --help`)"
+            )
+        run_hydra(command, rest)
+    except CemError as e:
+        print(f"cem: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Score items with a loaded model and return one record per question."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cem.benchmarks.prompts import mcf_prompt, render
+from cem.benchmarks.schema import MCItem
+from cem.errors import ConfigError
+
+GENERATE_SUFFIX = "\nAnswer with the letter of the correct option."
+
+
+def formulation_of(ecfg: DictConfig, bcfg: DictConfig) -> str:
+    """``eval.formulation`` when set, else the benchmark's default."""
+    return ecfg.formulation or bcfg.formulation
+
+
+def chat_wrap(tokenizer, user: str, assistant_prefix: str = "") -> str:
+    """The user turn in the model's chat template, opened for the assistant's reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        return f"{user}\n{assistant_prefix}".rstrip("\n")
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
+    return text + assistant_prefix
+
+
+def loglik_requests(items: list[MCItem], tokenizer, ecfg: DictConfig, bcfg: DictConfig) -> list:
+    formulation = formulation_of(ecfg, bcfg)
+    if ecfg.chat_template and formulation != "mcf":
+        raise ConfigError(
+            "eval.chat_template",
+            True,
+            "applies to the mcf formulation only",
+            "eval.formulation=mcf or eval.chat_template=false",
+        )
+    requests = []
+    for item in items:
+        req = render(
+            item,
+            formulation,
+            mcf_target=ecfg.mcf_target,
+            instruction=bcfg.instruction,
+            answer_cue=bcfg.answer_cue,
+        )
+        if ecfg.chat_template:
+            # The question goes in the user turn; the answer cue opens the assistant's turn.
+            user = req.context[: -len(bcfg.answer_cue)].rstrip("\n")
+            req.context = chat_wrap(tokenizer, user, bcfg.answer_cue)
+        requests.append(req)
+    return requests
+
+
+def score_loglik(
+    model, tokenizer, items: list[MCItem], ecfg: DictConfig, bcfg: DictConfig, max_length: int
+) -> list[dict]:
+    from cem.evaluation.metrics import make_record
+    from cem.evaluation.scorer import score_requests
+
+    requests = loglik_requests(items, tokenizer, ecfg, bcfg)
+    scores = score_requests(
+        model,
+        tokenizer,
+        requests,
+        batch_size=ecfg.batch_size,
+        max_length=max_length,
+        progress=ecfg.progress,
+    )
+    return [
+        make_record(it, s, r.continuations)
+        for it, s, r in zip(items, scores, requests, strict=False)
+    ]
+
+
+def score_generate(
+    model, tokenizer, items: list[MCItem], ecfg: DictConfig, bcfg: DictConfig
+) -> list[dict]:
+    from cem.evaluation.generate import extract_choice, generate_texts
+
+    prompts = [
+        chat_wrap(tokenizer, mcf_prompt(it, bcfg.instruction, "").rstrip("\n") + GENERATE_SUFFIX)
+        for it in items
+    ]
+    texts = generate_texts(
+        model, tokenizer, prompts, max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size
+    )
+    records = []
+    for item, text in zip(items, texts, strict=False):
+        pred = extract_choice(text, item.choices)
+        records.append(
+            {
+                "id": item.id,
+                "set": item.set,
+                "subject": item.subject,
+                "question": item.question,
+                "choices": item.choices,
+                "gold": item.answer,
+                "pred": pred,
+                "pred_norm": pred,
+                "scores": None,
+                "margin": None,
+                "correct": pred == item.answer,
+                "correct_norm": pred == item.answer,
+                "generation": text,
+            }
+        )
+    return records
+
+
+def evaluate(
+    model,
+    tokenizer,
+    sets: dict[str, list[MCItem]],
+    ecfg: DictConfig,
+    bcfg: DictConfig,
+    max_length: int,
+) -> list[dict]:
+    """Records for every item of every set, each tagged with its formulation and mode."""
+    items = [it for name in sets for it in sets[name]]
+    if ecfg.mode == "generate":
+        records = score_generate(model, tokenizer, items, ecfg, bcfg)
+        label = "generate"
+    else:
+        records = score_loglik(model, tokenizer, items, ecfg, bcfg, max_length)
+        label = formulation_of(ecfg, bcfg)
+    for rec, item in zip(records, items, strict=False):
+        rec["formulation"] = label
+        rec["meta"] = item.meta
+    return records

@@ -1,0 +1,57 @@
+"""``cem eval``: score a model on a benchmark and write its records and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+from cem.benchmarks.registry import load_benchmark, select_sets
+from cem.config import resolve_run_dir
+from cem.io import write_json, write_jsonl
+from cem.ui import console, metrics_table
+from cem.validate import EVAL_CHECKS, validate
+
+log = logging.getLogger(__name__)
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    """Validate, load, score and write ``<run_dir>/eval/{records.jsonl,metrics.json}``.
+
+    Returns:
+        The metrics, shaped ``{set: {"acc", "acc_norm", "n", "acc_ci", "acc_norm_ci"}}``.
+    """
+    validate(cfg, EVAL_CHECKS)
+    # Heavy imports (torch, transformers) only once the config is known to be good.
+    from cem.evaluation.evaluate import evaluate, formulation_of
+    from cem.evaluation.metrics import summarise
+    from cem.models import load_model
+
+    out = resolve_run_dir(cfg) / "eval"
+    sets = select_sets(
+        load_benchmark(cfg.benchmark),
+        OmegaConf.to_object(cfg.eval.sets) if cfg.eval.sets is not None else None,
+    )
+    n = sum(len(v) for v in sets.values())
+    console.print(
+        f"[bold]cem eval[/] {cfg.model.name} on {cfg.benchmark.name}: {n} questions "
+        f"in {len(sets)} sets, formulation={formulation_of(cfg.eval, cfg.benchmark)}"
+    )
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(cfg.model, seed=cfg.seed)
+    t1 = time.perf_counter()
+    records = evaluate(model, tokenizer, sets, cfg.eval, cfg.benchmark, cfg.model.max_length)
+    t2 = time.perf_counter()
+    metrics = summarise(records)
+    write_jsonl(out / "records.jsonl", records)
+    write_json(out / "metrics.json", metrics)
+    write_json(
+        out / "timing.json",
+        {"load_s": t1 - t0, "score_s": t2 - t1, "questions_per_s": n / max(t2 - t1, 1e-9)},
+    )
+    console.print(metrics_table(metrics, title=f"{cfg.model.name} · {cfg.benchmark.name}"))
+    console.print(
+        f"scored {n} questions in {t2 - t1:.1f}s ({n / max(t2 - t1, 1e-9):.1f}/s); wrote {out}"
+    )
+    return metrics

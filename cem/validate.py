@@ -1,0 +1,124 @@
+"""Check a composed config before any compute, and report every problem at once.
+
+Each message names the key, the bad value, what is allowed and the override that fixes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from omegaconf import DictConfig
+
+from cem.errors import CemError
+
+FORMULATIONS = ("mcf", "cf")
+MCF_TARGETS = ("letter", "text")
+EVAL_MODES = ("loglik", "generate")
+DTYPES = ("float32", "bfloat16", "float16")
+BENCHMARKS = ("world", "xiezhi", "mmlu", "ceval", "jsonl", "parquet")
+WORLD_RELATIONS = ("capital", "region", "subregion", "language", "currency", "demonym")
+WORLD_OOD = ("reverse", "borders")
+
+
+class ConfigInvalid(CemError):
+    """One or more config values are wrong; the message lists them all."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def choice(key: str, value: object, allowed: Iterable[object]) -> str | None:
+    allowed = tuple(allowed)
+    if value in allowed:
+        return None
+    shown = ", ".join(str(a) for a in allowed)
+    return f"{key} must be one of {shown}; got {value!r} (try {key}={allowed[0]})"
+
+
+def at_least(key: str, value: object, low: float, fix: object) -> str | None:
+    if isinstance(value, int | float) and value >= low:
+        return None
+    return f"{key} must be >= {low}; got {value!r} (try {key}={fix})"
+
+
+def in_unit(key: str, value: object, fix: float, *, open_low: bool = False) -> str | None:
+    ok = isinstance(value, int | float) and (value > 0 if open_low else value >= 0) and value <= 1
+    if ok:
+        return None
+    span = "(0, 1]" if open_low else "[0, 1]"
+    return f"{key} must be in {span}; got {value!r} (try {key}={fix})"
+
+
+def check_model(m: DictConfig) -> list[str]:
+    problems = [choice("model.dtype", m.dtype, DTYPES)]
+    sources = [bool(m.asset), bool(m.path), bool(m.random_init)]
+    if sum(sources) != 1:
+        problems.append(
+            "model needs exactly one of model.asset, model.path or model.random_init=true; "
+            f"got asset={m.asset!r}, path={m.path!r}, random_init={m.random_init} "
+            "(try model.path=Qwen/Qwen2.5-0.5B-Instruct or model=smollm2_135m_instruct)"
+        )
+    problems.append(at_least("model.max_length", m.max_length, 16, 2048))
+    return [p for p in problems if p]
+
+
+def check_benchmark(b: DictConfig) -> list[str]:
+    problems = [
+        choice("benchmark", b.name, BENCHMARKS),
+        choice("benchmark.formulation", b.formulation, FORMULATIONS),
+    ]
+    if b.name != "world" and not b.path:
+        problems.append(
+            f"benchmark.path is required for benchmark={b.name}; got None "
+            f"(try benchmark.path=/data/{b.name}, a file or a folder of files)"
+        )
+    if b.limit is not None:
+        problems.append(at_least("benchmark.limit", b.limit, 1, 100))
+    if b.name == "world":
+        problems += _check_world(b)
+    return [p for p in problems if p]
+
+
+def _check_world(b: DictConfig) -> list[str]:
+    problems = [
+        in_unit("benchmark.pool_fraction", b.pool_fraction, 0.2, open_low=True),
+        in_unit("benchmark.exam_fraction", b.exam_fraction, 0.4, open_low=True),
+    ]
+    if not problems[0] and not problems[1] and b.pool_fraction + b.exam_fraction >= 1:
+        problems.append(
+            "benchmark.pool_fraction + benchmark.exam_fraction must be < 1 so the test set is "
+            f"not empty; got {b.pool_fraction} + {b.exam_fraction} (try benchmark.exam_fraction=0.4)"
+        )
+    for r in b.relations:
+        problems.append(choice("benchmark.relations", r, WORLD_RELATIONS))
+    if not b.relations:
+        problems.append("benchmark.relations must not be empty (try benchmark.relations=[capital])")
+    for o in b.ood:
+        problems.append(choice("benchmark.ood", o, WORLD_OOD))
+    return problems
+
+
+def check_eval(e: DictConfig) -> list[str]:
+    problems = [
+        choice("eval.formulation", e.formulation, (None, *FORMULATIONS)),
+        choice("eval.mcf_target", e.mcf_target, MCF_TARGETS),
+        choice("eval.mode", e.mode, EVAL_MODES),
+        at_least("eval.batch_size", e.batch_size, 1, 32),
+        at_least("eval.max_new_tokens", e.max_new_tokens, 1, 24),
+    ]
+    return [p for p in problems if p]
+
+
+def validate(cfg: DictConfig, checks: dict[str, Callable[[DictConfig], list[str]]]) -> None:
+    """Run each check on its config node; raise ConfigInvalid listing every problem."""
+    problems: list[str] = []
+    if not cfg.get("run_dir"):
+        problems.append("run_dir must be set (try run_dir=runs/my_run)")
+    for key, check in checks.items():
+        problems += check(cfg[key])
+    if problems:
+        raise ConfigInvalid(problems)
+
+
+EVAL_CHECKS = {"model": check_model, "benchmark": check_benchmark, "eval": check_eval}

@@ -1,0 +1,101 @@
+"""Every config option composes; bad values fail before compute with a message that says the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from cem.cli import conf_dir, main
+from cem.config import register_configs
+from cem.validate import EVAL_CHECKS, ConfigInvalid, validate
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def compose_cfg(name: str, overrides: list[str] | tuple = ()):
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_composes_and_validates(model):
+    cfg = compose_cfg("eval", [f"model={model}", "run_dir=/tmp/x"])
+    assert cfg.model.name == model
+    validate(cfg, EVAL_CHECKS)
+
+
+@pytest.mark.parametrize("bench", options("benchmark"))
+def test_every_benchmark_composes(bench):
+    overrides = [f"benchmark={bench}"] + ([] if bench == "world" else ["benchmark.path=/data/x"])
+    cfg = compose_cfg("eval", overrides)
+    assert cfg.benchmark.name == bench
+    validate(cfg, EVAL_CHECKS)
+
+
+def test_file_benchmark_without_path_names_the_key():
+    cfg = compose_cfg("eval", ["benchmark=mmlu"])
+    with pytest.raises(
+        ConfigInvalid, match=r"benchmark.path is required for benchmark=mmlu.*try benchmark.path="
+    ):
+        validate(cfg, EVAL_CHECKS)
+
+
+def test_unknown_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("eval", ["eval.formulaton=cf"])
+
+
+def test_every_problem_is_reported_at_once():
+    cfg = compose_cfg(
+        "eval",
+        [
+            "eval.formulation=loglik",
+            "eval.batch_size=0",
+            "model.dtype=int8",
+            "benchmark.pool_fraction=1.5",
+        ],
+    )
+    with pytest.raises(ConfigInvalid) as err:
+        validate(cfg, EVAL_CHECKS)
+    msg = str(err.value)
+    assert "eval.formulation must be one of None, mcf, cf; got 'loglik'" in msg
+    assert "eval.batch_size must be >= 1; got 0 (try eval.batch_size=32)" in msg
+    assert "model.dtype must be one of float32, bfloat16, float16; got 'int8'" in msg
+    assert "benchmark.pool_fraction must be in (0, 1]; got 1.5" in msg
+    assert len(err.value.problems) == 4
+
+
+def test_world_fractions_must_leave_a_test_set():
+    cfg = compose_cfg("eval", ["benchmark.pool_fraction=0.5", "benchmark.exam_fraction=0.5"])
+    with pytest.raises(ConfigInvalid, match="must be < 1 so the test set is not empty"):
+        validate(cfg, EVAL_CHECKS)
+
+
+def test_model_needs_exactly_one_source():
+    cfg = compose_cfg("eval", ["model=tiny_random_llama", "model.path=/some/where"])
+    with pytest.raises(ConfigInvalid, match="exactly one of model.asset, model.path"):
+        validate(cfg, EVAL_CHECKS)
+
+
+def test_unknown_command_is_a_clear_error(capsys):
+    assert main(["evaluate"]) == 2
+    assert "unknown command 'evaluate'" in capsys.readouterr().err
+
+
+def test_cli_bad_value_exits_2_before_loading_anything(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cem.cli", "eval", f"run_dir={tmp_path}", "eval.mode=sample"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "eval.mode must be one of loglik, generate; got 'sample'" in proc.stderr
+    assert not (tmp_path / "eval").exists()
