@@ -80,6 +80,63 @@ class EvalConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One knowledge source. ``kind`` picks the implementation; other keys tune it."""
+
+    kind: str = MISSING  # wiki_offline | wiki_dense | local_corpus | wikipedia_api | web_search
+    quota: float = 1.0  # share of each mistake's passages in a ``mix`` (normalised over sources)
+    top_k: int = 5  # passages asked of the source per query
+    # Corpus sources (wiki_offline, wiki_dense, local_corpus).
+    path: str | None = None  # local_corpus: JSONL/Parquet file or folder of .txt/.md files
+    text_field: str = "text"  # local_corpus JSONL/Parquet: the column holding the text
+    retriever: str = "bm25"  # local_corpus: bm25 | dense
+    embedding_asset: str = "minilm-l6-v2"  # dense retrieval: the sentence-embedding asset
+    embedding_model: str | None = None  # or a local folder / hub id, which wins over the asset
+    index_dir: str | None = None  # where indexes are cached; null: $CEM_CACHE/indexes
+    # HTTP sources (wikipedia_api, web_search).
+    endpoint: str | None = None  # API base URL
+    api_key_env: str | None = None  # web_search: name of the env var holding the key
+    user_agent: str = "cem/0.1 (https://github.com/cem-project/cem; research use)"
+    timeout_s: float = 10.0
+    retries: int = 3
+    backoff_s: float = 0.5  # first retry waits this long, then doubles
+    max_response_bytes: int = 2_000_000
+    rate_limit_per_s: float = 5.0  # per host
+    cache_dir: str | None = None  # on-disk HTTP response cache; null: $CEM_CACHE/http
+    fetch_pages: int = 5  # web_search: result pages fetched per query
+    page_max_bytes: int = 1_000_000
+    page_timeout_s: float = 10.0
+    mmr_lambda: float = 0.7  # web_search: relevance vs diversity when choosing passages
+
+
+@dataclass
+class KnowledgeConfig:
+    """Where CPT text comes from and how it is cleaned (METHOD.md, steps 3 and 4)."""
+
+    name: str = (
+        MISSING  # wiki_offline | wiki_dense | local_corpus | wikipedia_api | web_search | mix
+    )
+    sources: list[SourceConfig] = field(default_factory=list)
+    extractor: str = "rule"  # rule | llm: how mistakes become search queries
+    extractor_model: str | None = None  # llm extractor: local folder or hub id of an instruct model
+    extractor_max_new_tokens: int = 64
+    queries_per_mistake: int = 2
+    top_k_per_mistake: int = 3  # passages kept per mistake after leak guard and dedup
+    passage_tokens: int = 256  # chunk budget, counted with the model's tokenizer
+    leak_ngram: int = 13  # drop passages sharing a normalised n-gram with question+answer
+    dedup_jaccard: float = 0.8  # near-duplicate threshold on word 5-gram shingles
+
+
+@dataclass
+class MistakesConfig:
+    """Which exam items count as mistakes (METHOD.md, step 2)."""
+
+    margin_threshold: float = 0.0  # also keep right items whose margin is below this (0: off)
+    max_mistakes: int | None = None  # cap, chosen with ``seed``
+    seed: int = 0
+
+
+@dataclass
 class EvalJob:
     run_dir: str = MISSING
     seed: int = 0

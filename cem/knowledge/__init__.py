@@ -1,0 +1,1 @@
+"""Knowledge from mistakes: mistake selection, knowledge points, sources and the leak guard."""
