@@ -96,7 +96,7 @@ class SourceConfig:
     # HTTP sources (wikipedia_api, web_search).
     endpoint: str | None = None  # API base URL
     api_key_env: str | None = None  # web_search: name of the env var holding the key
-    user_agent: str = "cem/0.1 (https://github.com/cem-project/cem; research use)"
+    user_agent: str = "cem/0.1 (CEM research framework; add your contact: user_agent=...)"
     timeout_s: float = 10.0
     retries: int = 3
     backoff_s: float = 0.5  # first retry waits this long, then doubles
