@@ -13,10 +13,13 @@ The terms follow OLMES and lm-evaluation-harness:
 
 from __future__ import annotations
 
+import re
+
 from cem.benchmarks.schema import LETTERS, MCItem
 from cem.evaluation.scorer import Request
 
-BLANK = "_____"
+# Xiezhi writes the blank as five underscores, C-Eval and some Xiezhi rows as four.
+BLANK = re.compile(r"_{3,}")
 
 
 def _delimiter(context: str) -> str:
@@ -58,12 +61,12 @@ def render_cf(item: MCItem, answer_cue: str) -> Request:
         return Request(
             context=context, continuations=[_delimiter(context) + c for c in item.choices]
         )
-    if BLANK in item.question:
+    blank = BLANK.search(item.question)
+    if blank:
         # The option fills the blank and the rest of the sentence follows it, so the
         # score covers how well the option fits its whole context.
-        head, tail = item.question.split(BLANK, 1)
-        head = head.rstrip(" ")
-        tail = tail.replace(BLANK, "")
+        head = item.question[: blank.start()].rstrip(" ")
+        tail = BLANK.sub("", item.question[blank.end() :])
         return Request(
             context=head, continuations=[_delimiter(head) + c + tail for c in item.choices]
         )
