@@ -137,6 +137,132 @@ class MistakesConfig:
 
 
 @dataclass
+class InstructionTypeConfig:
+    """Settings every instruction type shares."""
+
+    enabled: bool = True
+    share: float = 0.25  # share of the CIT token budget (normalised over the enabled types)
+    loss_weight: float = 1.0  # multiplies this kind's per-token loss
+
+
+@dataclass
+class NormativeConfig(InstructionTypeConfig):
+    """Pool questions in the benchmark's exact prompt and answer format (teaches the schema)."""
+
+    formulations: list[str] = field(default_factory=lambda: ["cf", "mcf"])
+
+
+@dataclass
+class ExtractiveConfig(InstructionTypeConfig):
+    """Reading comprehension on the retrieved passages, aimed at the missing fact."""
+
+    question_source: str = "cloze"  # cloze | llm
+    paraphrases: int = 2  # question wordings per fact
+    open_book: bool = True  # passage in context
+    closed_book: bool = True  # no context
+
+
+@dataclass
+class ReviewConfig(InstructionTypeConfig):
+    """Closed-book recall of what the passages state."""
+
+    earlier_rounds_sample: float = 0.3  # share of earlier rounds' passages reviewed again
+    max_sentences: int = 3  # key sentences per answer
+
+
+@dataclass
+class GeneralConfig(InstructionTypeConfig):
+    """General instruction data that keeps general ability."""
+
+    path: str | None = None  # Alpaca or ShareGPT JSON/JSONL; null: items from unrelated articles
+    format: str = "alpaca"  # alpaca | sharegpt
+    max_items: int = 64
+
+
+@dataclass
+class InstructionsConfig:
+    """The four CIT instruction types (METHOD.md, step 5)."""
+
+    name: str = "all"
+    normative: NormativeConfig = field(default_factory=NormativeConfig)
+    extractive: ExtractiveConfig = field(default_factory=ExtractiveConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    general: GeneralConfig = field(default_factory=GeneralConfig)
+    chat_template: bool = True  # render with the tokenizer's chat template when it has one
+
+
+@dataclass
+class MixConfig:
+    """How CIT and CPT share the training tokens."""
+
+    name: str = "default"
+    cit_ratio: float = 0.5  # CIT share of all training tokens, exact by construction
+    max_tokens: int | None = None  # total budget; null: as many as the CPT text allows
+    seed: int = 0
+
+
+@dataclass
+class ParadigmConfig:
+    name: str = "parallel"  # parallel | sequential | cpt_only | cit_only
+
+
+@dataclass
+class ReplayConfig:
+    name: str = "default"
+    fraction: float = 0.1  # share of earlier rounds' items mixed into this round
+    correct_items: int = 0  # pool/exam-format items the model already answers right, replayed
+    seed: int = 0
+
+
+@dataclass
+class ProtocolConfig:
+    name: str = "heldout"  # heldout | retest
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one round (the Lightning Trainer itself is the ``trainer`` group)."""
+
+    finetune: str = "lora"  # lora | full
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.05
+    epochs: int = 2
+    max_steps: int = -1  # -1: run ``epochs``
+    seq_len: int = 512  # packed sequence length
+    batch_size: int = 8  # sequences per step per device
+    grad_accum: int = 1
+    pack: bool = (
+        True  # pack examples into sequences without cross-attention; false: pad with length buckets
+    )
+    loss_weights: dict[str, float] = field(
+        default_factory=lambda: {"cpt": 1.0}
+    )  # per kind; CIT kinds default to their instruction type's loss_weight
+    checkpoint_every_n_steps: int = 50
+    seed: int = 0
+
+
+@dataclass
 class EvalJob:
     run_dir: str = MISSING
     seed: int = 0
