@@ -271,9 +271,48 @@ class EvalJob:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class RetrieveJob:
+    run_dir: str = MISSING
+    seed: int = 0
+    model: ModelConfig = MISSING  # its tokenizer counts passage tokens
+    benchmark: BenchmarkConfig = MISSING  # every evaluation set feeds the leak guard
+    knowledge: KnowledgeConfig = MISSING
+    mistakes: MistakesConfig = field(default_factory=MistakesConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+
+@dataclass
+class BuildJob:
+    run_dir: str = MISSING
+    seed: int = 0
+    round: int = 1  # the round whose training set is built (earlier rounds feed review and replay)
+    model: ModelConfig = MISSING  # its tokenizer renders and counts
+    benchmark: BenchmarkConfig = MISSING  # the instruction pool and the evaluation sets
+    knowledge: KnowledgeConfig = MISSING  # leak_ngram for the heldout check
+    instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    paradigm: ParadigmConfig = field(default_factory=ParadigmConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+
+@dataclass
+class TrainJob:
+    run_dir: str = MISSING
+    seed: int = 0
+    model: ModelConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer kwargs (_target_)
+    instructions: InstructionsConfig = field(default_factory=InstructionsConfig)  # loss weights
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="eval_schema", node=EvalJob)
+    cs.store(name="retrieve_schema", node=RetrieveJob)
+    cs.store(name="build_schema", node=BuildJob)
+    cs.store(name="train_schema", node=TrainJob)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
