@@ -53,14 +53,7 @@ class BenchmarkConfig:
     pool_fraction: float = 0.2
     exam_fraction: float = 0.4
     relations: list[str] = field(
-        default_factory=lambda: [
-            "capital",
-            "region",
-            "subregion",
-            "language",
-            "currency",
-            "demonym",
-        ]
+        default_factory=lambda: ["capital", "region", "subregion", "language", "demonym"]
     )
     ood: list[str] = field(default_factory=lambda: ["reverse", "borders"])
 

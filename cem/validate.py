@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 
 from omegaconf import DictConfig
 
+from cem.benchmarks.world import OOD_SETS as WORLD_OOD
+from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
 from cem.errors import CemError
 
 FORMULATIONS = ("mcf", "cf")
@@ -16,8 +18,6 @@ MCF_TARGETS = ("letter", "text")
 EVAL_MODES = ("loglik", "generate")
 DTYPES = ("float32", "bfloat16", "float16")
 BENCHMARKS = ("world", "xiezhi", "mmlu", "ceval", "jsonl", "parquet")
-WORLD_RELATIONS = ("capital", "region", "subregion", "language", "currency", "demonym")
-WORLD_OOD = ("reverse", "borders")
 
 
 class ConfigInvalid(CemError):
