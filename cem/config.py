@@ -100,6 +100,8 @@ class SourceConfig:
     page_max_bytes: int = 1_000_000
     page_timeout_s: float = 10.0
     mmr_lambda: float = 0.7  # web_search: relevance vs diversity when choosing passages
+    market: str = "en-US"  # web_search: the Bing market (mkt)
+    retry_after_cap_s: float = 60.0  # longest Retry-After honoured before retrying
 
 
 @dataclass
