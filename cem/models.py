@@ -1,0 +1,213 @@
+"""Load and save causal LMs from a ``ModelConfig``.
+
+A model comes from exactly one of: an offline asset (``model.asset``, see ``cem assets
+list``), a local folder or hub id (``model.path``), or a seeded random tiny Llama
+(``model.random_init``, tests only, no download). Every model comes back in eval mode with
+a tokenizer that has a pad token.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from cem.config import ModelConfig
+from cem.errors import ConfigError, ModelError
+from cem.testing import TOKENIZER_DIR
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOCAL_PREFIXES = ("/", ".", "~")
+FROM_TOKENIZER = {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """Map a ``model.dtype`` string to a torch dtype; ConfigError for anything else."""
+    if name not in DTYPES:
+        raise ConfigError(
+            "model.dtype", name, f"must be one of {', '.join(DTYPES)}", "model.dtype=bfloat16"
+        )
+    return DTYPES[name]
+
+
+def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Build the model and tokenizer that ``cfg`` describes, in eval mode.
+
+    Args:
+        cfg: the ``model`` config node (a ``ModelConfig`` or the composed DictConfig).
+        seed: seeds the random weights when ``cfg.random_init``; unused otherwise.
+
+    Raises:
+        ConfigError: bad ``model.dtype``, ``model.asset`` or ``model.arch`` key; no source.
+        ModelError: the folder or hub id cannot be loaded, or the tokenizer does not fit.
+        AssetError: the asset cannot be fetched.
+    """
+    dtype = torch_dtype(cfg.dtype)
+    if cfg.asset:
+        model, tok = _load_asset(cfg, dtype)
+    elif cfg.random_init:
+        tok = _load_tokenizer(str(cfg.tokenizer or TOKENIZER_DIR), cfg)
+        model = random_llama(_plain(cfg.arch), tok, seed, dtype)
+    elif cfg.path:
+        model, tok = _load_pretrained(cfg, dtype)
+    else:
+        raise ConfigError(
+            "model",
+            {"asset": cfg.asset, "path": cfg.path, "random_init": cfg.random_init},
+            "needs one of model.asset, model.path or model.random_init=true",
+            "model=smollm2_135m_instruct or model.path=Qwen/Qwen2.5-0.5B-Instruct",
+        )
+    _fit_tokenizer(model, tok, cfg)
+    return model.eval(), tok
+
+
+def random_llama(
+    arch: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int, dtype: torch.dtype
+) -> LlamaForCausalLM:
+    """A Llama with ``arch`` sizes and seeded random weights over ``tokenizer``'s vocabulary.
+
+    The caller's RNG state is left as it was; the same seed gives the same weights.
+    """
+    # LlamaConfig takes unknown kwargs silently, so a misspelt size would go unnoticed.
+    known = set(LlamaConfig().to_dict()) - FROM_TOKENIZER | {"rope_theta"}
+    for key in arch:
+        if key not in known:
+            raise ConfigError(
+                f"model.arch.{key}", arch[key], "is not a LlamaConfig size field",
+                f"~model.arch.{key} (vocab and special ids come from the tokenizer)",
+            )  # fmt: skip
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = LlamaConfig(
+        **arch,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)  # initialised in float32, then cast: seed-stable
+    return model.to(dtype)
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike
+) -> Path:
+    """Write safetensors weights, config and tokenizer to ``out_dir`` atomically.
+
+    Everything is written to a temp folder beside ``out_dir`` and renamed into place, so
+    ``out_dir`` never holds a half-written model; an existing ``out_dir`` is replaced.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = out.with_name(f".{out.name}.old.{os.getpid()}")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _load_asset(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+    from cem.assets.fetch import asset_dir
+    from cem.assets.registry import ASSETS
+
+    if cfg.asset not in ASSETS:
+        raise ConfigError(
+            "model.asset", cfg.asset, f"must be one of {', '.join(ASSETS)}",
+            "model.asset=smollm2-135m-instruct (see `cem assets list`)",
+        )  # fmt: skip
+    folder = asset_dir(cfg.asset)
+    model = _from_pretrained(str(folder), cfg, dtype, "model.asset")
+    return model, _load_tokenizer(str(cfg.tokenizer or folder), cfg)
+
+
+def _load_pretrained(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+    path = _resolve_path(cfg.path)
+    model = _from_pretrained(path, cfg, dtype, "model.path")
+    return model, _load_tokenizer(str(cfg.tokenizer or path), cfg)
+
+
+def _resolve_path(path: str) -> str:
+    """A local folder as an absolute path; anything else is passed on as a hub id."""
+    local = Path(path).expanduser()
+    if path.startswith(LOCAL_PREFIXES) or local.exists():
+        if not local.is_dir():
+            raise ModelError(
+                f"model.path={path!r} is not a folder ({local.resolve()} is missing or a file); point "
+                "it at a folder holding config.json and the weights, e.g. model.path=/data/my-model, "
+                "or give a hub id such as model.path=Qwen/Qwen2.5-0.5B-Instruct"
+            )
+        return str(local.resolve())
+    return path
+
+
+def _from_pretrained(path: str, cfg: ModelConfig, dtype: torch.dtype, key: str) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"could not load the model at {key}={path!r}: {str(e).rstrip('.')}. Check the folder or hub id; a hub "
+            "model needs the network (and HF_HUB_OFFLINE unset) and, if gated, `hf auth login`; a "
+            f"custom architecture needs model.trust_remote_code=true"
+        ) from None
+
+
+def _load_tokenizer(path: str, cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    # model.revision pins the model's repo; a separate model.tokenizer is taken as is.
+    revision = None if cfg.tokenizer else cfg.revision
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"could not load the tokenizer from {path!r}: {str(e).rstrip('.')}. Set model.tokenizer to a "
+            "folder or hub id that has one (e.g. model.tokenizer=/data/my-tokenizer)"
+        ) from None
+
+
+def _fit_tokenizer(model: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: ModelConfig) -> None:
+    """Give the tokenizer a pad token and check its ids fit the embedding matrix."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tok) > rows:
+        raise ModelError(
+            f"the tokenizer ({cfg.tokenizer or 'the model folder'}) has {len(tok)} tokens but "
+            f"the model {cfg.name} has {rows} embedding rows; set model.tokenizer to the "
+            "model's own tokenizer (or leave it null)"
+        )
+
+
+def _plain(arch: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    """``model.arch`` as a plain dict (Hydra hands over a DictConfig)."""
+    if isinstance(arch, DictConfig):
+        return OmegaConf.to_container(arch, resolve=True)
+    return dict(arch)
