@@ -282,6 +282,7 @@ class BuildJob:
     run_dir: str = MISSING
     seed: int = 0
     round: int = 1  # the round whose training set is built (earlier rounds feed review and replay)
+    earlier_rounds: list[str] = field(default_factory=list)  # run folders of earlier rounds
     model: ModelConfig = MISSING  # its tokenizer renders and counts
     benchmark: BenchmarkConfig = MISSING  # the instruction pool and the evaluation sets
     knowledge: KnowledgeConfig = MISSING  # leak_ngram for the heldout check
@@ -290,6 +291,7 @@ class BuildJob:
     paradigm: ParadigmConfig = field(default_factory=ParadigmConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # Normative rows match its mcf_target
 
 
 @dataclass

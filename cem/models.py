@@ -128,6 +128,26 @@ def save_model(
     return out
 
 
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The configured model's tokenizer, without loading the weights (a pad token is set)."""
+    from cem.testing import TOKENIZER_DIR
+
+    if cfg.tokenizer:
+        path = str(cfg.tokenizer)
+    elif cfg.asset:
+        from cem.assets.fetch import asset_dir
+
+        path = str(asset_dir(cfg.asset))
+    elif cfg.random_init:
+        path = str(TOKENIZER_DIR)
+    else:
+        path = _resolve_path(cfg.path)
+    tok = _load_tokenizer(path, cfg)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def _load_asset(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
     from cem.assets.fetch import asset_dir
     from cem.assets.registry import ASSETS

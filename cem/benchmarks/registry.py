@@ -42,14 +42,19 @@ def load_files(b: DictConfig) -> dict[str, list[MCItem]]:
             b.path,
             *first,
         )
-    return {b.set_name: result.items}
+    # A jsonl/parquet row may name its own set (pool, exam, test...); the rest take set_name.
+    sets: dict[str, list[MCItem]] = {}
+    for item in result.items:
+        sets.setdefault(item.set, []).append(item)
+    return sets
 
 
 def load_benchmark(b: DictConfig) -> dict[str, list[MCItem]]:
     """All sets of the benchmark, each cut to ``benchmark.limit`` items when set.
 
     ``world`` yields ``pool``, ``exam``, ``test`` and its out-of-domain sets; a file
-    benchmark yields one set named by ``benchmark.set_name`` (``exam`` unless told).
+    benchmark yields the sets its rows name, and ``benchmark.set_name`` (``exam`` unless
+    told) for rows that name none.
     """
     sets = load_world(b) if b.name == "world" else load_files(b)
     if b.limit is not None:
