@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.world import OOD_SETS as WORLD_OOD
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
@@ -17,6 +17,7 @@ FORMULATIONS = ("mcf", "cf")
 MCF_TARGETS = ("letter", "text")
 EVAL_MODES = ("loglik", "generate")
 DTYPES = ("float32", "bfloat16", "float16")
+KEYPOINT_EXTRACTORS = ("rule", "llm")
 BENCHMARKS = ("world", "xiezhi", "mmlu", "ceval", "jsonl", "parquet")
 
 
@@ -113,12 +114,48 @@ def check_eval(e: DictConfig) -> list[str]:
 def validate(cfg: DictConfig, checks: dict[str, Callable[[DictConfig], list[str]]]) -> None:
     """Run each check on its config node; raise ConfigInvalid listing every problem."""
     problems: list[str] = []
-    if not cfg.get("run_dir"):
-        problems.append("run_dir must be set (try run_dir=runs/my_run)")
+    if OmegaConf.is_missing(cfg, "run_dir") or not cfg.run_dir:
+        problems.append("run_dir must be set to the run's folder (try run_dir=runs/my_run)")
     for key, check in checks.items():
         problems += check(cfg[key])
     if problems:
         raise ConfigInvalid(problems)
 
 
+def check_knowledge(k: DictConfig) -> list[str]:
+    problems = [
+        choice("knowledge.extractor", k.extractor, KEYPOINT_EXTRACTORS),
+        at_least("knowledge.queries_per_mistake", k.queries_per_mistake, 1, 2),
+        at_least("knowledge.top_k_per_mistake", k.top_k_per_mistake, 1, 3),
+        at_least("knowledge.passage_tokens", k.passage_tokens, 16, 256),
+        at_least("knowledge.leak_ngram", k.leak_ngram, 1, 13),
+        in_unit("knowledge.dedup_jaccard", k.dedup_jaccard, 0.8, open_low=True),
+    ]
+    if k.extractor == "llm" and not k.extractor_model:
+        problems.append(
+            "knowledge.extractor_model must name an instruct model for knowledge.extractor=llm "
+            "(try knowledge.extractor_model=Qwen/Qwen2-7B-Instruct, the paper's, or a local folder)"
+        )
+    if not k.sources:
+        problems.append(
+            "knowledge.sources must list at least one source (try knowledge=wiki_offline)"
+        )
+    for i, s in enumerate(k.sources):
+        problems.append(at_least(f"knowledge.sources.{i}.top_k", s.top_k, 1, 5))
+    return [p for p in problems if p]
+
+
+def check_mistakes(m: DictConfig) -> list[str]:
+    problems = [at_least("mistakes.margin_threshold", m.margin_threshold, 0, 0.5)]
+    if m.max_mistakes is not None:
+        problems.append(at_least("mistakes.max_mistakes", m.max_mistakes, 1, 200))
+    return [p for p in problems if p]
+
+
 EVAL_CHECKS = {"model": check_model, "benchmark": check_benchmark, "eval": check_eval}
+RETRIEVE_CHECKS = {
+    "model": check_model,
+    "benchmark": check_benchmark,
+    "knowledge": check_knowledge,
+    "mistakes": check_mistakes,
+}

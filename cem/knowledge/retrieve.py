@@ -1,0 +1,163 @@
+"""``cem retrieve``: mistakes -> knowledge points -> passages, guarded against leaks.
+
+Reads ``D/eval/records.jsonl`` (from ``cem eval``) and writes ``D/mistakes/mistakes.jsonl``,
+``D/knowledge/knowledge.jsonl`` and ``D/knowledge/stats.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cem.config import resolve_run_dir
+from cem.errors import CemError
+from cem.io import read_jsonl, write_json, write_jsonl
+from cem.knowledge.keypoints import KeyPoints, llm_keypoints, rule_keypoints
+from cem.knowledge.types import Passage
+from cem.validate import RETRIEVE_CHECKS, validate
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "eval" / "records.jsonl"
+    if not path.exists():
+        raise CemError(f"{path} not found: run `cem eval run_dir={run_dir}` first")
+    return read_jsonl(path)
+
+
+def extract_keypoints(mistakes: list[dict], kcfg: DictConfig) -> list[KeyPoints]:
+    """Knowledge points of each mistake with the configured extractor."""
+    n = kcfg.queries_per_mistake
+    if kcfg.extractor == "rule":
+        return [rule_keypoints(m["question"], m["gold_text"], n) for m in mistakes]
+    replies = llm_replies(mistakes, kcfg)
+    return [
+        llm_keypoints(reply, m["question"], m["gold_text"], n)
+        for m, reply in zip(mistakes, replies, strict=True)
+    ]
+
+
+def llm_replies(mistakes: list[dict], kcfg: DictConfig) -> list[str]:
+    """Ask the extractor model for each mistake's keywords (greedy, batched)."""
+    from cem.config import ModelConfig
+    from cem.evaluation.evaluate import chat_wrap
+    from cem.evaluation.generate import generate_texts
+    from cem.knowledge.keypoints import LLM_PROMPT
+    from cem.models import load_model
+
+    mcfg = ModelConfig(name="extractor", path=kcfg.extractor_model, dtype="bfloat16", chat=True)
+    model, tok = load_model(mcfg)
+    prompts = [
+        chat_wrap(tok, LLM_PROMPT.format(question=m["question"], answer=m["gold_text"]))
+        for m in mistakes
+    ]
+    return generate_texts(model, tok, prompts, max_new_tokens=kcfg.extractor_max_new_tokens,
+                          batch_size=8)  # fmt: skip
+
+
+def retrieve_passages(source, mistakes: list[dict], kps: list[KeyPoints], k: int) -> list[Passage]:
+    """Every query of every mistake, searched once; each passage tagged with its mistake."""
+    queries, owners = [], []
+    for m, kp in zip(mistakes, kps, strict=True):
+        for q in kp.queries:
+            queries.append(q)
+            owners.append(m["id"])
+    found = source.search(queries, k) if queries else []
+    passages = []
+    for owner, hits in zip(owners, found, strict=True):
+        for p in hits:
+            p.mistake_ids = [owner]
+            passages.append(p)
+    return passages
+
+
+def guard_pairs(records: Iterable[dict], sets: dict) -> list[tuple[str, str]]:
+    """(question, answer) of every evaluation item, in its question and its stem form."""
+    pairs = [(r["question"], r["choices"][r["gold"]]) for r in records]
+    for name, items in sets.items():
+        if name == "pool":
+            continue
+        for it in items:
+            pairs.append((it.question, it.gold))
+            if it.stem:
+                pairs.append((it.stem, it.gold))
+    return pairs
+
+
+def hit_rate(mistakes: list[dict], passages: list[Passage]) -> float:
+    """Share of mistakes whose gold answer occurs in at least one of their passages."""
+    texts: dict[str, list[str]] = {}
+    for p in passages:
+        for mid in p.mistake_ids:
+            texts.setdefault(mid, []).append(p.text.lower())
+    hits = sum(any(m["gold_text"].lower() in t for t in texts.get(m["id"], [])) for m in mistakes)
+    return hits / len(mistakes) if mistakes else 0.0
+
+
+def write_mistakes(path: Path, mistakes: list[dict], kps: list[KeyPoints]) -> None:
+    rows = []
+    for m, kp in zip(mistakes, kps, strict=True):
+        rows.append({**m, "keywords": kp.keywords, "queries": kp.queries, "extractor": kp.method})
+    write_jsonl(path, rows)
+
+
+def run_retrieve(cfg: DictConfig) -> dict:
+    """Validate, select mistakes, extract queries, retrieve, clean and write; return the stats."""
+    validate(cfg, RETRIEVE_CHECKS)
+    from cem.benchmarks.registry import load_benchmark
+    from cem.knowledge.leak import LeakGuard
+    from cem.knowledge.mistakes import select_mistakes
+    from cem.knowledge.postprocess import clean_passages
+    from cem.knowledge.sources import build_knowledge_source
+    from cem.models import load_tokenizer
+    from cem.ui import console
+
+    run_dir = resolve_run_dir(cfg)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    records = read_records(run_dir)
+    mistakes = select_mistakes(records, cfg.mistakes)
+    kps = extract_keypoints(mistakes, cfg.knowledge)
+    write_mistakes(run_dir / "mistakes" / "mistakes.jsonl", mistakes, kps)
+    seconds["mistakes"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tok = load_tokenizer(cfg.model)
+    count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
+    source = build_knowledge_source(cfg.knowledge, count_tokens=count)
+    k = max(s.top_k for s in cfg.knowledge.sources)
+    passages = retrieve_passages(source, mistakes, kps, k)
+    seconds["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    guard = LeakGuard.from_items(guard_pairs(records, load_benchmark(cfg.benchmark)),
+                                 cfg.knowledge.leak_ngram)  # fmt: skip
+    kept, clean = clean_passages(passages, guard, cfg.knowledge, count)
+    seconds["clean"] = time.perf_counter() - t
+    stats = {
+        "source": cfg.knowledge.name,
+        "mistakes": len(mistakes),
+        "mistakes_by_reason": dict(Counter(m["reason"] for m in mistakes)),
+        "extractor_fallbacks": sum(kp.method == "rule_fallback" for kp in kps),
+        "queries": sum(len(kp.queries) for kp in kps),
+        "passages": len(kept),
+        "passages_by_source": dict(Counter(p.source for p in kept)),
+        **clean,
+        "hit_rate": hit_rate(mistakes, kept),
+        "hit_rate_before_cleaning": hit_rate(mistakes, passages),
+        "tokens": sum(count(p.text) for p in kept),
+        "source_stats": source.stats.to_dict(),
+        "seconds": seconds,
+    }
+    out = run_dir / "knowledge"
+    write_jsonl(out / "knowledge.jsonl", [p.to_dict() for p in kept])
+    write_json(out / "stats.json", stats)
+    console.print(
+        f"[bold]cem retrieve[/] {len(mistakes)} mistakes -> {len(kept)} passages from "
+        f"{cfg.knowledge.name} (leak drops {clean['leak_dropped']}, duplicate drops "
+        f"{clean['dup_dropped']}); hit rate {stats['hit_rate']:.3f}; wrote {out}"
+    )
+    return stats
