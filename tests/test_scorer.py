@@ -1,0 +1,120 @@
+"""The prefix-cache scorer against naive full-sequence scoring on the tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _tiny import tiny_model, tiny_tokenizer
+
+from cem.errors import CemError
+from cem.evaluation.scorer import Request, build_units, score_requests, score_requests_full
+
+REQUESTS = [
+    Request("Question: What is the capital of France?\nAnswer:", [" Paris", " Lyon", " Marseille"]),
+    Request("The sky is", [" blue", " green because of the trees", " red", " not", " up"]),
+    Request("Q: 2+2?\nA: ", ["4", "five", "twenty-two"]),  # trailing space moves to the options
+    Request("Which letter?\nA. one\nB. two\nAnswer:", [" A", " B"]),
+    Request("A much longer context about astronomy, stars and planets. " * 3, [" yes"]),
+    Request("", ["Hello world", "Goodbye"]),  # empty context: the prefix token stands in
+    Request("Short", [" x", " a somewhat longer option text here"]),
+]
+
+
+def naive_scores(model, tok, requests: list[Request], max_length: int) -> list[list[float]]:
+    """One full forward per option, no cache, no padding: the reference."""
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    out = []
+    for req in requests:
+        row = []
+        for option in req.continuations:
+            ctx, cont = req.context, option
+            n = len(ctx) - len(ctx.rstrip())
+            if n:
+                ctx, cont = ctx[:-n], ctx[-n:] + cont
+            if ctx:
+                ctx_enc = tok.encode(ctx)
+                cont_enc = tok.encode(ctx + cont)[len(ctx_enc) :]
+            else:
+                ctx_enc, cont_enc = [prefix], tok.encode(cont)
+            inp = (ctx_enc + cont_enc)[-(max_length + 1) :][:-1]
+            with torch.no_grad():
+                logits = model(torch.tensor([inp])).logits[0].float()
+            lp = logits.log_softmax(-1)[-len(cont_enc) :]
+            row.append(float(lp.gather(-1, torch.tensor(cont_enc)[:, None]).sum()))
+        out.append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_matches_naive(model, batch_size):
+    tok = tiny_tokenizer()
+    ours = score_requests(model, tok, REQUESTS, batch_size=batch_size)
+    ref = naive_scores(model, tok, REQUESTS, max_length=2048)
+    assert [len(r) for r in ours] == [len(r.continuations) for r in REQUESTS]
+    for a, b in zip(ours, ref, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.parametrize("max_length", [15, 24])
+def test_left_truncation_matches_naive(model, max_length):
+    tok = tiny_tokenizer()
+    ours = score_requests(model, tok, REQUESTS, batch_size=4, max_length=max_length)
+    ref = naive_scores(model, tok, REQUESTS, max_length=max_length)
+    for a, b in zip(ours, ref, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_truncation_splits_prefixes():
+    # Options of different lengths keep different amounts of context once truncated.
+    units = build_units(tiny_tokenizer(), REQUESTS[6:7], max_length=15)
+    assert len(units) == 2
+    assert sorted(o for u in units for o in u.opts) == [0, 1]
+
+
+def test_order_preserved(model):
+    tok = tiny_tokenizer()
+    forward = score_requests(model, tok, REQUESTS, batch_size=2)
+    backward = score_requests(model, tok, REQUESTS[::-1], batch_size=2)
+    for a, b in zip(forward, backward[::-1], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_token_counts(model):
+    tok = tiny_tokenizer()
+    scored = score_requests_full(model, tok, REQUESTS[3:4])
+    assert scored[0].n_tokens == [len(tok.encode(" A")), len(tok.encode(" B"))]
+
+
+def test_bf16_close_to_fp32():
+    tok = tiny_tokenizer()
+    fp32 = score_requests(tiny_model(seed=0), tok, REQUESTS)
+    bf16 = score_requests(tiny_model(seed=0, dtype=torch.bfloat16), tok, REQUESTS)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert a == pytest.approx(b, rel=0.05, abs=0.3)
+
+
+def test_tokenizer_padding_side_is_irrelevant(model):
+    tok = tiny_tokenizer()
+    side = tok.padding_side
+    try:
+        tok.padding_side = "left"
+        left = score_requests(model, tok, REQUESTS, batch_size=4)
+        tok.padding_side = "right"
+        right = score_requests(model, tok, REQUESTS, batch_size=4)
+    finally:
+        tok.padding_side = side
+    assert left == right
+
+
+def test_empty_continuation_is_an_error(model):
+    with pytest.raises(CemError, match="no tokens"):
+        score_requests(model, tiny_tokenizer(), [Request("Question", [""])])
+
+
+def test_progress_bar_runs(model):
+    assert len(score_requests(model, tiny_tokenizer(), REQUESTS, progress=True)) == len(REQUESTS)
