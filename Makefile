@@ -35,6 +35,8 @@ test-gpu: assets
 
 bench: assets
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_train.py
 
 lint: setup
 	$(BIN)/ruff check cem tests benchmarks
