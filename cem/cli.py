@@ -20,6 +20,22 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
         "cem.evaluation.runner:run_eval",
         "score a model on a benchmark and list its mistakes",
     ),
+    "retrieve": (
+        "cem.knowledge.retrieve:run_retrieve",
+        "mistakes -> knowledge points -> passages, with the leak guard",
+    ),
+    "build": (
+        "cem.curriculum.build:run_build",
+        "CPT passages + the four CIT instruction types -> the training set",
+    ),
+    "train": (
+        "cem.training.train:run_train",
+        "joint CIT+CPT training (LoRA or full); writes the merged model",
+    ),
+    "run": (
+        "cem.loop.run:run_loop",
+        "the CEM loop: evaluate, mistakes, retrieve, build, train, round after round",
+    ),
 }
 USAGE = """usage: cem <command> [key=value ...]
 
