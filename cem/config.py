@@ -304,12 +304,68 @@ class TrainJob:
     instructions: InstructionsConfig = field(default_factory=InstructionsConfig)  # loss weights
 
 
+@dataclass
+class WarmupConfig:
+    """The schema warm-up before round 1 (METHOD.md, step 0): Normative-only training on the pool."""
+
+    enabled: bool = True
+    max_steps: int = 10  # optimizer steps of the warm-up; -1: train.epochs over the warm-up set
+    max_tokens: int | None = None  # token budget of the warm-up set; null: every pool item once
+
+
+@dataclass
+class LoopConfig:
+    """How many rounds ``cem run`` makes and when it stops early (METHOD.md, step 7)."""
+
+    rounds: int = 2  # rounds of evaluate -> mistakes -> retrieve -> build -> train
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    patience: int | None = 1  # stop after this many rounds without exam gain; null: never
+    min_delta: float = 0.0  # an exam accuracy rise must exceed this to count as a gain
+
+
+@dataclass
+class LoggerConfig:
+    """Where ``cem run`` mirrors its results; ``D/metrics.csv`` is always written."""
+
+    name: str = "wandb"  # wandb | csv
+    wandb: bool = True  # also log to Weights & Biases
+    mode: str = "offline"  # offline | online | disabled; $WANDB_MODE wins when set
+    project: str = "cem"
+    entity: str | None = None
+    group: str | None = None  # null: the run folder's name
+    tags: list[str] = field(default_factory=list)  # the protocol is always added
+    mistakes_rows: int = 500  # rows of each round's mistakes table (0: no table)
+
+
+@dataclass
+class RunJob:
+    """``cem run``: the whole loop, every stage's settings in one config."""
+
+    run_dir: str = MISSING
+    seed: int = 0
+    model: ModelConfig = MISSING
+    benchmark: BenchmarkConfig = MISSING
+    knowledge: KnowledgeConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mistakes: MistakesConfig = field(default_factory=MistakesConfig)
+    instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    paradigm: ParadigmConfig = field(default_factory=ParadigmConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer kwargs (_target_)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="eval_schema", node=EvalJob)
     cs.store(name="retrieve_schema", node=RetrieveJob)
     cs.store(name="build_schema", node=BuildJob)
     cs.store(name="train_schema", node=TrainJob)
+    cs.store(name="run_schema", node=RunJob)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:

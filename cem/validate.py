@@ -19,6 +19,9 @@ EVAL_MODES = ("loglik", "generate")
 DTYPES = ("float32", "bfloat16", "float16")
 KEYPOINT_EXTRACTORS = ("rule", "llm")
 BENCHMARKS = ("world", "xiezhi", "mmlu", "ceval", "jsonl", "parquet")
+LOGGERS = ("wandb", "csv")
+WANDB_MODES = ("offline", "online", "disabled")
+LOOP_SETS = ("exam",)  # the loop's mistakes come from the exam set E
 
 
 class ConfigInvalid(CemError):
@@ -158,4 +161,57 @@ RETRIEVE_CHECKS = {
     "benchmark": check_benchmark,
     "knowledge": check_knowledge,
     "mistakes": check_mistakes,
+}
+
+
+def check_loop(loop: DictConfig) -> list[str]:
+    problems = [
+        at_least("loop.rounds", loop.rounds, 1, 2),
+        at_least("loop.min_delta", loop.min_delta, 0, 0.0),
+    ]
+    if loop.patience is not None:
+        problems.append(at_least("loop.patience", loop.patience, 1, 1))
+    steps = loop.warmup.max_steps
+    if steps != -1 and not (isinstance(steps, int) and steps >= 1):
+        problems.append(
+            "loop.warmup.max_steps must be -1 (train.epochs over the warm-up set) or >= 1; "
+            f"got {steps!r} (try loop.warmup.max_steps=10)"
+        )
+    if loop.warmup.max_tokens is not None:
+        problems.append(at_least("loop.warmup.max_tokens", loop.warmup.max_tokens, 1, 20000))
+    return [p for p in problems if p]
+
+
+def check_logger(lg: DictConfig) -> list[str]:
+    problems = [
+        choice("logger", lg.name, LOGGERS),
+        choice("logger.mode", lg.mode, WANDB_MODES),
+        at_least("logger.mistakes_rows", lg.mistakes_rows, 0, 500),
+    ]
+    return [p for p in problems if p]
+
+
+def check_loop_eval(e: DictConfig) -> list[str]:
+    """``check_eval`` plus what the loop needs: ``eval.sets`` must keep the exam set."""
+    problems = check_eval(e)
+    if e.sets is not None:
+        for name in LOOP_SETS:
+            if name not in e.sets:
+                wanted = ",".join([*LOOP_SETS, *(s for s in e.sets if s not in LOOP_SETS)])
+                problems.append(
+                    f"eval.sets must include {name} in `cem run`; got {list(e.sets)} "
+                    f"(try eval.sets=[{wanted}] or eval.sets=null)"
+                )
+    return problems
+
+
+# Node-level checks of ``cem run``; cem.loop.run adds the build and train checks.
+RUN_CHECKS = {
+    "model": check_model,
+    "benchmark": check_benchmark,
+    "eval": check_loop_eval,
+    "knowledge": check_knowledge,
+    "mistakes": check_mistakes,
+    "loop": check_loop,
+    "logger": check_logger,
 }

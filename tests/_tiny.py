@@ -1,41 +1,36 @@
 """The tiny random Llama and bundled tokenizer that the unit tests score with.
 
-Once ``cem.models.load_model`` exists this can call it; until then it builds the same
-model inline, so the two stay interchangeable.
+Both come from ``cem.models.load_model`` with ``conf/model/tiny_random_llama.yaml``: a
+seeded 2-layer Llama (hidden 64) over the 2,048-token tokenizer in ``cem.testing``.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from omegaconf import OmegaConf
+from transformers import PreTrainedModel
 
-from cem.testing import TOKENIZER_DIR
+from cem.config import ModelConfig
+from cem.models import load_model
+
+TINY_YAML = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny_random_llama.yaml"
+
+
+def tiny_config(dtype: torch.dtype = torch.float32):
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(TINY_YAML))
+    cfg.dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    return cfg
 
 
 @functools.cache
 def tiny_tokenizer():
-    """The bundled 2,048-token BPE tokenizer (cached: loading it is the slow part)."""
-    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    """The bundled tokenizer, as ``load_model`` prepares it (cached: loading is the slow part)."""
+    return load_model(tiny_config(), seed=0)[1]
 
 
-def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """A randomly initialised 2-layer Llama over the bundled tokenizer, in eval mode."""
-    tok = tiny_tokenizer()
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    return model.to(dtype).eval()
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A freshly built seeded random 2-layer Llama, in eval mode."""
+    return load_model(tiny_config(dtype), seed=seed)[0]

@@ -91,7 +91,9 @@ def test_agrees_with_lm_eval(formulation):
     agree = sum(argmax(ours[i]) == argmax(ref[i]) for i in kept) / len(kept)
     acc_ours = sum(argmax(s) == g for s, g in zip(ours, gold, strict=True)) / len(rows)
     acc_ref = sum(argmax(s) == g for s, g in zip(ref, gold, strict=True)) / len(rows)
-    max_diff = max(abs(a - b) for o, r in zip(ours, ref, strict=True) for a, b in zip(o, r))
+    max_diff = max(
+        abs(a - b) for o, r in zip(ours, ref, strict=True) for a, b in zip(o, r, strict=True)
+    )
     print(
         f"\n{formulation}: n={len(rows)} compared={len(kept)} agreement={agree:.3f} "
         f"acc ours={acc_ours:.3f} lm-eval={acc_ref:.3f} max|dLL|={max_diff:.2e} "

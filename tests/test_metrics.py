@@ -5,34 +5,89 @@ from __future__ import annotations
 import pytest
 
 from cem.benchmarks.schema import MCItem
-from cem.evaluation.generate import extract_choice
-from cem.evaluation.metrics import make_record, summarise, wilson_interval
+from cem.evaluation.metrics import (
+    make_generate_record,
+    make_record,
+    summarise,
+    wilson_interval,
+)
+
+RECORD_FIELDS = {
+    "id",
+    "set",
+    "subject",
+    "question",
+    "choices",
+    "gold",
+    "pred",
+    "pred_norm",
+    "scores",
+    "margin",
+    "correct",
+    "correct_norm",
+}
 
 
-def test_wilson_interval_known_values():
-    lo, hi = wilson_interval(8, 10)
-    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    lo, hi = wilson_interval(150, 300)
-    assert hi - lo == pytest.approx(0.1124, abs=1e-4)  # about +-5.6 points at n=300
+@pytest.mark.parametrize(
+    "k,n,lo,hi",
+    [  # scipy.stats.binomtest(k, n).proportion_ci(method="wilson")
+        (8, 10, 0.490162, 0.943318),
+        (0, 10, 0.0, 0.277533),
+        (10, 10, 0.722467, 1.0),
+        (150, 300, 0.443780, 0.556220),
+        (81, 263, 0.255289, 0.366210),
+    ],
+)
+def test_wilson_interval_known_values(k, n, lo, hi):
+    assert wilson_interval(k, n) == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_interval_edges():
     assert wilson_interval(0, 0) == (0.0, 1.0)
-    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
+    lo, hi = wilson_interval(5, 10, z=2.576)  # 99% is wider than 95%
+    assert lo < wilson_interval(5, 10)[0] and hi > wilson_interval(5, 10)[1]
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
 
 
-def test_record_fields_margin_and_length_normalisation():
-    item = MCItem(id="q", question="?", choices=["Thimphu", "Paro"], answer=1, set="exam")
-    rec = make_record(item, [-2.0, -3.0], [" Thimphu", " Paro"])
-    assert rec["pred"] == 0 and not rec["correct"]
-    assert rec["margin"] == pytest.approx(1.0)
-    # Per character: -2/8 = -0.25 for " Thimphu" beats -3/5 = -0.6 for " Paro".
-    assert rec["pred_norm"] == 0
+def test_record_fields_and_margin():
+    item = MCItem(id="q1", question="?", choices=["Thimphu", "Paro"], answer=1, subject="capital")
+    rec = make_record(item, [-2.0, -3.5], [" Thimphu", " Paro"])
+    assert set(rec) == RECORD_FIELDS
+    assert rec["id"] == "q1" and rec["set"] == "exam" and rec["subject"] == "capital"
+    assert rec["gold"] == 1 and rec["pred"] == 0 and not rec["correct"]
+    assert rec["scores"] == [-2.0, -3.5] and rec["margin"] == pytest.approx(1.5)
+
+
+def test_pred_norm_divides_by_characters_without_the_delimiter():
+    item = MCItem(id="q", question="?", choices=["Thimphu", "Paro"], answer=1)
+    # Per character (lm-eval counts "Thimphu", not " Thimphu"): -4/7 = -0.57 beats -3/4.
     rec = make_record(item, [-4.0, -3.0], [" Thimphu", " Paro"])
-    # -4/8 = -0.5 still beats -0.6, so acc_norm and acc disagree here.
-    assert rec["pred"] == 1 and rec["correct"] and rec["pred_norm"] == 0
+    assert rec["pred"] == 1 and rec["correct"]
+    assert rec["pred_norm"] == 0 and not rec["correct_norm"]
 
 
 def test_ties_go_to_the_first_option():
-    item = MCItem(id="q", question="?", choices=["a", "b"], answer=1)
-    assert make_record(item, [-1.0, -1.0], ["a", "b"])["pred"] == 0
+    item = MCItem(id="q", question="?", choices=["a", "b", "c"], answer=1)
+    rec = make_record(item, [-1.0, -0.5, -0.5], [" a", " b", " c"])
+    assert rec["pred"] == 1 and rec["margin"] == 0.0
+
+
+def test_record_length_mismatch_is_an_error():
+    item = MCItem(id="q", question="?", choices=["a", "b"], answer=0)
+    with pytest.raises(ValueError, match="2 choices"):
+        make_record(item, [-1.0], [" a"])
+
+
+def test_generate_record():
+    item = MCItem(id="q", question="?", choices=["Thimphu", "Paro"], answer=1)
+    rec = make_generate_record(item, "The answer is B.")
+    assert set(rec) == RECORD_FIELDS | {"generation"}
+    assert rec["pred"] == rec["pred_norm"] == 1 and rec["correct"]
+    assert rec["scores"] is None and rec["margin"] is None
+    assert rec["generation"] == "The answer is B."
+    rec = make_generate_record(item, "I do not know.")
+    assert rec["pred"] is None and not rec["correct"]
 
 
 def test_summarise_per_set():
@@ -41,21 +96,6 @@ def test_summarise_per_set():
     m = summarise(recs)
     assert list(m) == ["exam", "test"]
     assert m["exam"]["acc"] == 0.75 and m["exam"]["acc_norm"] == 0.25 and m["exam"]["n"] == 4
+    assert m["exam"]["acc_ci"] == pytest.approx(list(wilson_interval(3, 4)))
     assert m["test"]["acc"] == 0.0 and m["test"]["acc_ci"][0] == 0.0
-
-
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("The answer is B", 1),
-        ("B", 1),
-        ("(C)", 2),
-        ("D.", 3),
-        ("Answer: B) Paro", 1),
-        ("It is Thimphu, of course.", 0),
-        ("I think Niger, not Nigeria.", 2),
-        ("No idea.", None),
-    ],
-)
-def test_extract_choice(text, expected):
-    assert extract_choice(text, ["Thimphu", "Paro", "Niger", "Nigeria"]) == expected
+    assert set(m["test"]) == {"acc", "acc_norm", "n", "acc_ci", "acc_norm_ci"}

@@ -20,6 +20,15 @@ REQUESTS = [
 ]
 
 
+INSTRUCTION = "The following are multiple choice questions (with answers) about geography.\n\n"
+SHARED = [  # a long common opening: forwarded once per batch, its cache shared
+    Request(INSTRUCTION + "Capital of Bhutan?\nA. Thimphu\nB. Paro\nAnswer:", [" A", " B"]),
+    Request(INSTRUCTION + "Longest river?\nAnswer:", [" the Nile", " the Amazon river", " Po"]),
+    Request(INSTRUCTION + "Q", [" yes", " no"]),
+    Request(INSTRUCTION.rstrip(), [" Paris", " Rome"]),
+]
+
+
 def naive_scores(model, tok, requests: list[Request], max_length: int) -> list[list[float]]:
     """One full forward per option, no cache, no padding: the reference."""
     prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -56,6 +65,15 @@ def test_matches_naive(model, batch_size):
     ours = score_requests(model, tok, REQUESTS, batch_size=batch_size)
     ref = naive_scores(model, tok, REQUESTS, max_length=2048)
     assert [len(r) for r in ours] == [len(r.continuations) for r in REQUESTS]
+    for a, b in zip(ours, ref, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_shared_opening_matches_naive(model, batch_size):
+    tok = tiny_tokenizer()
+    ours = score_requests(model, tok, SHARED + REQUESTS[:2], batch_size=batch_size)
+    ref = naive_scores(model, tok, SHARED + REQUESTS[:2], max_length=2048)
     for a, b in zip(ours, ref, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
 
@@ -118,3 +136,28 @@ def test_empty_continuation_is_an_error(model):
 
 def test_progress_bar_runs(model):
     assert len(score_requests(model, tiny_tokenizer(), REQUESTS, progress=True)) == len(REQUESTS)
+
+
+def test_training_mode_is_restored(model):
+    model.train()
+    try:
+        score_requests(model, tiny_tokenizer(), REQUESTS[:2])
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_eager_attention_matches_sdpa():
+    tok = tiny_tokenizer()
+    sdpa = score_requests(tiny_model(seed=0), tok, REQUESTS + SHARED, batch_size=4)
+    eager_model = tiny_model(seed=0)
+    eager_model.set_attn_implementation("eager")
+    eager = score_requests(eager_model, tok, REQUESTS + SHARED, batch_size=4)
+    for a, b in zip(sdpa, eager, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_attention_without_4d_masks_is_an_error(model, monkeypatch):
+    monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
+    with pytest.raises(CemError, match="attn_implementation='sdpa'"):
+        score_requests(model, tiny_tokenizer(), REQUESTS[:1])

@@ -325,12 +325,18 @@ def build_candidates(
     return cpt, cit
 
 
-def run_build(cfg: DictConfig, earlier_rounds: Sequence[str | Path] | None = None) -> dict:
+def run_build(
+    cfg: DictConfig,
+    earlier_rounds: Sequence[str | Path] | None = None,
+    *,
+    run_dir: Path | None = None,
+) -> dict:
     """Validate, build, filter, mix and write ``<run_dir>/train_set/``.
 
     Args:
         cfg: a composed ``BuildJob`` (``conf/build.yaml``).
         earlier_rounds: run folders of earlier rounds, for review and replay.
+        run_dir: the round folder to read and write; None: ``run_dir`` (or the sweep job's folder).
 
     Returns:
         The stats written to ``train_set/stats.json``.
@@ -342,7 +348,7 @@ def run_build(cfg: DictConfig, earlier_rounds: Sequence[str | Path] | None = Non
     from cem.curriculum.render import load_tokenizer
     from cem.ui import console
 
-    run_dir = resolve_run_dir(cfg)
+    run_dir = run_dir or resolve_run_dir(cfg)
     mistakes, passages = load_inputs(run_dir, cfg)
     if earlier_rounds is None:
         earlier_rounds = list(cfg.earlier_rounds)

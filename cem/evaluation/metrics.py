@@ -1,26 +1,33 @@
-"""Per-question records and per-set accuracy with Wilson 95% intervals."""
+"""Per-question records and per-set accuracy with Wilson intervals."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from typing import Any
 
 from cem.benchmarks.schema import MCItem
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for ``k`` successes out of ``n`` (z=1.96: 95%)."""
-    if n == 0:
-        return (0.0, 1.0)
+    """Wilson score interval for ``k`` successes out of ``n`` trials.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at k = 0 or n,
+    which small exam sets hit often. ``n = 0`` gives the uninformative (0, 1).
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, n]; got k={k}, n={n}")
     p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def argmax(values: Sequence[float]) -> int:
-    """Index of the largest value; the first one wins ties (as numpy's argmax)."""
+def argmax(values: list[float]) -> int:
+    """Index of the largest value; the first one wins a tie (as ``numpy.argmax``)."""
     best = 0
     for i, v in enumerate(values):
         if v > values[best]:
@@ -28,23 +35,49 @@ def argmax(values: Sequence[float]) -> int:
     return best
 
 
-def margin(values: Sequence[float]) -> float | None:
-    """Best score minus second-best score; None with fewer than two options."""
-    if len(values) < 2:
-        return None
-    top = sorted(values, reverse=True)
-    return top[0] - top[1]
+def make_record(item: MCItem, logliks: list[float], continuations: list[str]) -> dict[str, Any]:
+    """One log-likelihood record: the item, the scores and both predictions.
 
-
-def make_record(item: MCItem, logliks: Sequence[float], continuations: Sequence[str]) -> dict:
-    """One question's record: every option's score, the predictions and the margin.
-
-    ``pred_norm`` divides each log-likelihood by the continuation's length in characters,
-    as lm-evaluation-harness's ``acc_norm`` does.
+    ``pred_norm`` divides each log-likelihood by the option's length in characters, as
+    lm-eval's ``acc_norm`` does. lm-eval measures the choice text without its target
+    delimiter, so the continuation's leading whitespace is not counted.
     """
-    scores = [float(x) for x in logliks]
-    normed = [s / max(len(c), 1) for s, c in zip(scores, continuations, strict=True)]
-    pred, pred_norm = argmax(scores), argmax(normed)
+    if len(logliks) != len(item.choices) or len(continuations) != len(item.choices):
+        raise ValueError(
+            f"item {item.id}: {len(item.choices)} choices but {len(logliks)} scores "
+            f"and {len(continuations)} continuations"
+        )
+    pred = argmax(logliks)
+    lengths = [max(len(c.lstrip()), 1) for c in continuations]
+    pred_norm = argmax([ll / n for ll, n in zip(logliks, lengths, strict=True)])
+    top = sorted(logliks, reverse=True)
+    return _record(
+        item,
+        pred=pred,
+        pred_norm=pred_norm,
+        scores=[float(x) for x in logliks],
+        margin=float(top[0] - top[1]) if len(top) > 1 else None,
+    )
+
+
+def make_generate_record(item: MCItem, generation: str) -> dict[str, Any]:
+    """One generation-mode record: the choice read from ``generation`` (None if none)."""
+    from cem.evaluation.generate import extract_choice
+
+    pred = extract_choice(generation, item.choices)
+    record = _record(item, pred=pred, pred_norm=pred, scores=None, margin=None)
+    record["generation"] = generation
+    return record
+
+
+def _record(
+    item: MCItem,
+    *,
+    pred: int | None,
+    pred_norm: int | None,
+    scores: list[float] | None,
+    margin: float | None,
+) -> dict[str, Any]:
     return {
         "id": item.id,
         "set": item.set,
@@ -55,27 +88,31 @@ def make_record(item: MCItem, logliks: Sequence[float], continuations: Sequence[
         "pred": pred,
         "pred_norm": pred_norm,
         "scores": scores,
-        "margin": margin(scores),
+        "margin": margin,
         "correct": pred == item.answer,
         "correct_norm": pred_norm == item.answer,
     }
 
 
-def summarise(records: Iterable[dict]) -> dict[str, dict]:
-    """``{set: {"acc", "acc_norm", "n", "acc_ci", "acc_norm_ci"}}`` in order of first appearance."""
+def summarise(records: list[dict[str, Any]], z: float = 1.96) -> dict[str, dict[str, Any]]:
+    """Accuracy per set, in the order the sets first appear.
+
+    Returns:
+        ``{set: {"acc", "acc_norm", "n", "acc_ci": [lo, hi], "acc_norm_ci": [lo, hi]}}``.
+    """
     counts: dict[str, list[int]] = {}
-    for r in records:
-        c = counts.setdefault(r["set"], [0, 0, 0])
+    for rec in records:
+        c = counts.setdefault(rec["set"], [0, 0, 0])
         c[0] += 1
-        c[1] += bool(r["correct"])
-        c[2] += bool(r["correct_norm"])
+        c[1] += bool(rec["correct"])
+        c[2] += bool(rec["correct_norm"])
     out = {}
     for name, (n, k, k_norm) in counts.items():
         out[name] = {
             "acc": k / n,
             "acc_norm": k_norm / n,
             "n": n,
-            "acc_ci": list(wilson_interval(k, n)),
-            "acc_norm_ci": list(wilson_interval(k_norm, n)),
+            "acc_ci": list(wilson_interval(k, n, z)),
+            "acc_norm_ci": list(wilson_interval(k_norm, n, z)),
         }
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,8 +17,13 @@ from cem.validate import EVAL_CHECKS, validate
 log = logging.getLogger(__name__)
 
 
-def run_eval(cfg: DictConfig) -> dict:
+def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     """Validate, load, score and write ``<run_dir>/eval/{records.jsonl,metrics.json}``.
+
+    Args:
+        cfg: a composed ``EvalJob`` (``conf/eval.yaml``).
+        run_dir: where to write; None: ``run_dir`` (or the sweep job's folder). The loop
+            passes each round's folder.
 
     Returns:
         The metrics, shaped ``{set: {"acc", "acc_norm", "n", "acc_ci", "acc_norm_ci"}}``.
@@ -28,7 +34,7 @@ def run_eval(cfg: DictConfig) -> dict:
     from cem.evaluation.metrics import summarise
     from cem.models import load_model
 
-    out = resolve_run_dir(cfg) / "eval"
+    out = (run_dir or resolve_run_dir(cfg)) / "eval"
     sets = select_sets(
         load_benchmark(cfg.benchmark),
         OmegaConf.to_object(cfg.eval.sets) if cfg.eval.sets is not None else None,

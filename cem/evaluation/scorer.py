@@ -1,22 +1,31 @@
-"""Log-likelihood scoring of multiple-choice requests, with the question's KV cache shared.
+"""Log-likelihood scoring of multiple-choice requests, each question's prefix computed once.
 
 Tokenisation follows lm-evaluation-harness's ``HFLM`` exactly (``_encode_pair``, empty
 contexts, left truncation), so that per-question predictions agree with lm-eval. What
-differs is the layout, which is why it is several times faster:
+differs is the layout, which is why it is faster (``benchmarks/bench_eval.py``). lm-eval
+forwards context + option once per option and runs the LM head on every position; here
+a batch of questions takes one forward pass:
 
-1. the prefixes (context tokens) of a batch of questions are forwarded once, left-padded,
-   keeping only the last position's logits, which score every option's first token;
-2. the cache is expanded to one row per option with two or more tokens, and only the
-   continuation tokens (minus the last) are forwarded, with ``position_ids`` that carry on
-   from each prefix and a 2-D mask over cache + new tokens; the LM head runs only on real
-   (non-pad) positions.
+- each question is one row: its context, then every option's tokens but the last. A
+  tree-shaped 4-D attention mask lets each option attend to the context and to itself
+  only, and its ``position_ids`` carry on from the context, so the context's keys and
+  values serve every option and each option is scored as if it followed the context alone;
+- tokens that open every context of the batch (an instruction, few-shot examples) are
+  forwarded once and their KV cache, repeated per row, is passed as ``past_key_values``;
+- the LM head runs only on the scored positions (``logits_to_keep`` as a boolean mask):
+  the context's last token, which predicts every option's first token, and the options';
+- rows are sorted by length, so that little of a batch is padding.
 
-Single-token options (MCF letters " A".." D") need step 1 only.
+Single-token options (MCF letters " A".." D") cost one forward of the context alone.
+(An earlier layout that expanded the context's cache to one row per option and forwarded
+the options in a second pass was 2.3x slower on CPU: copying the cache dominated.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +33,8 @@ from transformers import DynamicCache
 
 from cem.errors import CemError
 
-# Continuation rows are grouped so that padded positions stay under 25% more than real
-# ones, and no group exceeds this many positions (bounds the logits' memory).
-_PAD_SLACK = 1.25
-_CHUNK_TOKENS = 2048
+# Below this many tokens, a prefix common to a batch is not worth its own forward pass.
+_MIN_SHARED = 8
 
 
 @dataclass
@@ -103,24 +110,36 @@ def score_requests_full(
     """As ``score_requests`` but also returns each continuation's token count."""
     if batch_size < 1:
         raise CemError(f"batch_size must be >= 1; got {batch_size}")
+    attn = getattr(model.config, "_attn_implementation", None)
+    if attn not in ("sdpa", "eager"):
+        raise CemError(
+            f"scoring needs attention that takes a 4-D mask (options share their question's "
+            f"tokens); the model uses {attn!r} (load it with attn_implementation='sdpa')"
+        )
     units = build_units(tokenizer, requests, max_length)
     logliks = [[0.0] * len(r.continuations) for r in requests]
     n_tokens = [[0] * len(r.continuations) for r in requests]
     parts = [0] * len(requests)
     for u in units:
         parts[u.req] += 1
-    # Longest first, so that an out-of-memory error comes at once, not at the end.
-    order = sorted(units, key=lambda u: (-len(u.ctx), -max(map(len, u.conts))))
+    # Longest rows first, so that an out-of-memory error comes at once, not at the end;
+    # rows of similar length share a batch, so that little of it is padding.
+    order = sorted(units, key=lambda u: -(len(u.ctx) + sum(len(c) - 1 for c in u.conts)))
     device = next(model.parameters()).device
-    with torch.inference_mode(), _Progress(progress, len(requests)) as advance:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            sums = _score_batch(model, batch, device)
-            for u, unit_sums in zip(batch, sums, strict=True):
-                for opt, cont, value in zip(u.opts, u.conts, unit_sums, strict=True):
-                    logliks[u.req][opt] = value
-                    n_tokens[u.req][opt] = len(cont)
-            advance(sum(1 / parts[u.req] for u in batch))
+    was_training = model.training
+    model.eval()  # dropout (LoRA's included) would make scores random
+    try:
+        with torch.inference_mode(), _progress(progress, len(requests)) as advance:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                sums = _score_batch(model, batch, device)
+                for u, unit_sums in zip(batch, sums, strict=True):
+                    for opt, cont, value in zip(u.opts, u.conts, unit_sums, strict=True):
+                        logliks[u.req][opt] = value
+                        n_tokens[u.req][opt] = len(cont)
+                advance(sum(1 / parts[u.req] for u in batch))
+    finally:
+        model.train(was_training)
     return [Scored(ll, n) for ll, n in zip(logliks, n_tokens, strict=True)]
 
 
@@ -214,127 +233,127 @@ def _add_option(
 
 
 def _score_batch(model, batch: list[_Unit], device: torch.device) -> list[list[float]]:
-    """Summed log-probabilities of every option of every unit in ``batch``."""
-    rows = [(b, k) for b, u in enumerate(batch) for k, c in enumerate(u.conts) if len(c) > 1]
-    prefix_len = torch.tensor([len(u.ctx) for u in batch], device=device)
-    width = int(prefix_len.max())
-    ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-    mask = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-    for b, u in enumerate(batch):
-        ids[b, width - len(u.ctx) :] = torch.tensor(u.ctx, device=device)
-        mask[b, width - len(u.ctx) :] = 1
-    # Left padding puts every prefix's last token in the last column; positions skip the pads.
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    """Summed log-probabilities of every option of every unit in ``batch``, in one forward."""
+    shared = _shared_len([u.ctx for u in batch]) if len(batch) > 1 else 0
+    shared = shared if shared >= _MIN_SHARED else 0
+    cache = _shared_cache(model, batch[0].ctx[:shared], len(batch), device) if shared else None
+    lay = _Layout(batch, shared)
+    seg = torch.tensor(lay.seg, device=device)
+    dtype = model.get_input_embeddings().weight.dtype
     out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids,
-        use_cache=bool(rows),
-        logits_to_keep=1,
-    )
-    # The last prefix position predicts every option's first token.
-    last = out.logits[:, -1, :].float()
-    first_lp = last - last.logsumexp(-1, keepdim=True)
-    sums = [[float(first_lp[b, c[0]]) for c in u.conts] for b, u in enumerate(batch)]
-    if not rows:
-        return sums
-    kv = [(k, v) for k, v, *_ in out.past_key_values]
-    # Options vary a lot in length: group rows of similar length so that little is padding.
-    rows.sort(key=lambda r: -len(batch[r[0]].conts[r[1]]))
-    for chunk in _length_chunks([len(batch[b].conts[k]) - 1 for b, k in rows]):
-        part = rows[chunk.start : chunk.stop]
-        rest = _continuation_logprobs(model, batch, part, kv, mask, prefix_len)
-        for (b, k), value in zip(part, rest, strict=True):
-            sums[b][k] += value
-    return sums
-
-
-def _length_chunks(lengths: list[int]) -> list[range]:
-    """Split rows sorted longest first into runs with little padding and bounded size."""
-    chunks, start, real = [], 0, 0
-    for i, n in enumerate(lengths):
-        padded = (i - start + 1) * lengths[start]
-        if i > start and (padded > _PAD_SLACK * (real + n) or padded > _CHUNK_TOKENS):
-            chunks.append(range(start, i))
-            start, real = i, 0
-        real += n
-    chunks.append(range(start, len(lengths)))
-    return chunks
-
-
-def _continuation_logprobs(
-    model,
-    batch: list[_Unit],
-    rows: list[tuple[int, int]],
-    kv: list[tuple[torch.Tensor, torch.Tensor]],
-    prefix_mask: torch.Tensor,
-    prefix_len: torch.Tensor,
-) -> list[float]:
-    """Log-probability of tokens 2.. of each option row, reading its prefix from ``kv``."""
-    device = prefix_mask.device
-    conts = [batch[b].conts[k] for b, k in rows]
-    width = max(len(c) for c in conts) - 1
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    targets = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    cont_mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    for r, c in enumerate(conts):
-        ids[r, : len(c) - 1] = torch.tensor(c[:-1], device=device)
-        targets[r, : len(c) - 1] = torch.tensor(c[1:], device=device)
-        cont_mask[r, : len(c) - 1] = 1
-    unit_idx = torch.tensor([b for b, _ in rows], device=device)
-    # One cache row per option, copied from its question's prefix.
-    cache = DynamicCache([(k[unit_idx], v[unit_idx]) for k, v in kv], config=model.config)
-    keep = cont_mask.bool()
-    out = model(
-        input_ids=ids,
-        attention_mask=torch.cat([prefix_mask[unit_idx], cont_mask], dim=1),
-        position_ids=prefix_len[unit_idx, None] + torch.arange(width, device=device),
+        input_ids=torch.tensor(lay.ids, device=device),
+        attention_mask=_tree_mask(seg, shared, model.config._attn_implementation, dtype),
+        position_ids=torch.tensor(lay.pos, device=device),
         past_key_values=cache,
-        use_cache=True,
-        # A boolean mask runs the LM head on real tokens only: (n_real, vocab).
-        logits_to_keep=keep,
+        use_cache=cache is not None,
+        # A boolean mask runs the LM head on the scored positions only: (n_kept, vocab).
+        logits_to_keep=torch.tensor(lay.keep, device=device),
     )
     logits = out.logits.float()
-    token_lp = logits.gather(-1, targets[keep][:, None])[:, 0] - logits.logsumexp(-1)
-    row_of_token = torch.arange(len(rows), device=device)[:, None].expand_as(keep)[keep]
-    sums = torch.zeros(len(rows), dtype=token_lp.dtype, device=device)
-    sums.index_add_(0, row_of_token, token_lp)
-    return sums.tolist()
+    rows = torch.tensor(lay.rows, device=device)
+    token_lp = logits[rows, torch.tensor(lay.targets, device=device)] - logits.logsumexp(-1)[rows]
+    sums = torch.zeros(len(lay.option_of), dtype=token_lp.dtype, device=device)
+    sums.index_add_(0, torch.tensor(lay.option_of, device=device), token_lp)
+    flat = iter(sums.tolist())
+    return [[next(flat) for _ in u.conts] for u in batch]
 
 
-class _Progress:
-    """A rich progress bar counting questions per second; a no-op when disabled."""
+class _Layout:
+    """One row per unit: its own context tokens, then every option's tokens but the last.
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+    ``seg`` is 0 for context, k + 1 for option k and -1 for padding; the tree mask lets an
+    option see the context and itself only, and its positions carry on from the context,
+    so each option is scored exactly as if it followed the context alone. ``rows`` and
+    ``targets`` list, per scored token, its row among the kept logits and its token id;
+    ``option_of`` numbers the options of the batch in order.
+    """
 
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    def __init__(self, batch: list[_Unit], shared: int):
+        width = max(len(u.ctx) - shared + sum(len(c) - 1 for c in u.conts) for u in batch)
+        self.ids, self.seg, self.pos, self.keep = [], [], [], []
+        self.rows, self.targets, self.option_of = [], [], []
+        kept = n_options = 0
+        for u in batch:
+            own = u.ctx[shared:]
+            ids, seg, pos = list(own), [0] * len(own), list(range(shared, len(u.ctx)))
+            last_ctx = kept  # the last context token predicts every option's first token
+            kept += 1
+            for k, cont in enumerate(u.conts):
+                option = n_options
+                n_options += 1
+                ids += cont[:-1]
+                seg += [k + 1] * (len(cont) - 1)
+                pos += range(len(u.ctx), len(u.ctx) + len(cont) - 1)
+                self.rows += [last_ctx, *range(kept, kept + len(cont) - 1)]
+                self.targets += cont
+                self.option_of += [option] * len(cont)
+                kept += len(cont) - 1
+            pad = width - len(ids)
+            self.keep.append(
+                [False] * (len(own) - 1) + [True] * (len(ids) - len(own) + 1) + [False] * pad
+            )
+            self.ids.append(ids + [0] * pad)
+            self.seg.append(seg + [-1] * pad)
+            self.pos.append(pos + [0] * pad)
 
-        from cem.ui import console
 
-        self.start = time.perf_counter()
-        self.bar = Progress(
-            TextColumn("scoring"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            console=console,
-            transient=True,
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task("scoring", total=self.total, rate="")
-        done = [0.0]
+def _tree_mask(seg: torch.Tensor, shared: int, attn: str, dtype: torch.dtype) -> torch.Tensor:
+    """4-D mask (batch, 1, query, shared + key): causal, and an option sees only the context
+    and itself; every token sees the shared opening.
+
+    Boolean (True: attend) for SDPA, additive for eager attention.
+    """
+    width = seg.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=seg.device).tril()
+    same = seg[:, :, None] == seg[:, None, :]
+    allowed = causal & (same | (seg == 0)[:, None, :])
+    if shared:
+        allowed = torch.cat([allowed.new_ones(len(seg), width, shared), allowed], dim=2)
+    if attn == "sdpa":
+        return allowed[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _shared_cache(model, tokens: list[int], n: int, device: torch.device) -> DynamicCache:
+    """The cache of ``tokens`` forwarded once, repeated for ``n`` rows."""
+    head = model(input_ids=torch.tensor([tokens], device=device), use_cache=True).past_key_values
+    kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v, *_ in head]
+    return DynamicCache(kv, config=model.config)
+
+
+def _shared_len(contexts: list[list[int]]) -> int:
+    """Tokens common to the start of every context, leaving each at least one of its own."""
+    limit = min(len(c) for c in contexts) - 1
+    n = 0
+    while n < limit and all(c[n] == contexts[0][n] for c in contexts):
+        n += 1
+    return n
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[float], None]]:
+    """Yield ``advance(n)`` for a rich progress bar in questions per second (or a no-op)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from cem.ui import console
+
+    start, done = time.perf_counter(), [0.0]
+    columns = [
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+    ]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("scoring", total=total, rate="")
 
         def advance(n: float) -> None:
             done[0] += n
-            rate = done[0] / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(task, completed=round(done[0]), rate=f"{rate:.1f} questions/s")
+            rate = done[0] / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=round(done[0]), rate=f"{rate:.1f} questions/s")
 
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
+        yield advance

@@ -104,8 +104,13 @@ def write_mistakes(path: Path, mistakes: list[dict], kps: list[KeyPoints]) -> No
     write_jsonl(path, rows)
 
 
-def run_retrieve(cfg: DictConfig) -> dict:
-    """Validate, select mistakes, extract queries, retrieve, clean and write; return the stats."""
+def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
+    """Validate, select mistakes, extract queries, retrieve, clean and write; return the stats.
+
+    Args:
+        cfg: a composed ``RetrieveJob`` (``conf/retrieve.yaml``).
+        run_dir: the folder to read and write; None: ``run_dir`` (or the sweep job's folder).
+    """
     validate(cfg, RETRIEVE_CHECKS)
     from cem.benchmarks.registry import load_benchmark
     from cem.knowledge.leak import LeakGuard
@@ -115,7 +120,7 @@ def run_retrieve(cfg: DictConfig) -> dict:
     from cem.models import load_tokenizer
     from cem.ui import console
 
-    run_dir = resolve_run_dir(cfg)
+    run_dir = run_dir or resolve_run_dir(cfg)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     records = read_records(run_dir)

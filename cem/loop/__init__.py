@@ -1,0 +1,3 @@
+"""Step 7 of CEM: the loop. ``run`` drives the rounds (``cem run``), ``stages`` runs each
+stage once behind a done-marker, ``summary`` computes gains, forgetting and cost, and
+``logging`` mirrors the results to ``D/metrics.csv`` and Weights & Biases."""

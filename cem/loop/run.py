@@ -1,0 +1,218 @@
+"""``cem run``: the CEM loop, round after round, resumable stage by stage.
+
+Layout of the run folder ``D`` (a round folder's ``eval/`` scores the model that round
+*starts* from, so each stage finds its inputs where its standalone command looks)::
+
+    D/round_0/eval/          M0, the untouched model ("round 0, before warm-up")
+    D/warmup/                schema warm-up (loop.warmup.enabled): Normative pool items only,
+                             paradigm cit_only; train_set/, checkpoints/, train/, model/ (W)
+    D/round_1/eval/          the model round 1 starts from: W ("round 0, after warm-up"),
+                             or a copy of round_0/eval when the warm-up is off
+    D/round_k/               mistakes/ and knowledge/ (cem retrieve), train_set/ (cem build),
+                             checkpoints/, train/ and model/ = M_k (cem train), model_in -> base
+    D/round_{k+1}/eval/      M_k; the last folder holds only eval/ (the final model)
+    D/<folder>/done/<stage>.json   done-marker per stage, written last (wall time, result)
+    D/config.yaml            the resolved config the run started with (a re-run must match)
+    D/summary.json, D/summary.png, D/metrics.csv   results (cem.loop.summary)
+
+Running the same command again continues from the last finished stage. The loop stops
+after ``loop.rounds`` rounds, when the exam has no mistakes left, or when exam accuracy has
+not risen for ``loop.patience`` rounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cem.config import resolve_run_dir
+from cem.errors import CemError
+from cem.io import atomic_open, read_jsonl
+from cem.loop import stages
+from cem.loop.summary import report, write_summary
+from cem.ui import console
+from cem.validate import RUN_CHECKS, ConfigInvalid
+
+CONFIG = "config.yaml"
+# Keys that may change between a run and its continuation: they do not alter any result.
+MAY_CHANGE = ("run_dir", "loop.rounds", "loop.patience", "loop.min_delta", "logger",
+              "eval.progress", "trainer.enable_progress_bar")  # fmt: skip
+
+
+def check_run(cfg: DictConfig) -> list[str]:
+    """Every problem of a ``cem run`` config: each stage's checks, reported together."""
+    from cem.curriculum.build import check_build
+    from cem.training.train import check_train
+
+    problems: list[str] = []
+    for key, check in RUN_CHECKS.items():
+        problems += check(cfg[key])
+    # check_build also covers run_dir, model and benchmark, which RUN_CHECKS has reported.
+    build_view = OmegaConf.create({**OmegaConf.to_container(cfg), "round": 1})
+    problems += [p for p in check_build(build_view) if p not in problems]
+    problems += check_train(cfg.train)
+    if "_target_" not in cfg.trainer:
+        problems.append("trainer needs a _target_ (lightning.Trainer) (try trainer=cpu)")
+    return problems
+
+
+def guard_config(root: Path, cfg: DictConfig) -> None:
+    """Save the config at the first start; a continuation must match it (but ``MAY_CHANGE``)."""
+    path = root / CONFIG
+    if not path.is_file():
+        with atomic_open(path) as fh:
+            fh.write(OmegaConf.to_yaml(cfg))
+        return
+    old, new = _flat(OmegaConf.load(path)), _flat(cfg)
+    changed = [k for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k) and not k.startswith(MAY_CHANGE)]  # fmt: skip
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise CemError(
+            f"{root} holds a run started with another config ({diffs}); continue it with the "
+            f"same overrides, or pick a new run_dir (the original is {path})"
+        )
+
+
+def _flat(cfg: DictConfig) -> dict[str, object]:
+    out: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def loop_sets(cfg: DictConfig) -> list[str]:
+    """The sets the loop scores: ``eval.sets``, or every set but the pool; the pool too when
+    ``replay.correct_items > 0`` (build replays pool items the model already gets right)."""
+    from cem.benchmarks.registry import load_benchmark
+
+    names = list(load_benchmark(cfg.benchmark))
+    if "exam" not in names:
+        raise CemError(
+            f"benchmark={cfg.benchmark.name} has the sets {names} but `cem run` needs an exam "
+            "set: give rows a `set` field (exam, test, pool) or set benchmark.set_name=exam"
+        )
+    sets = list(cfg.eval.sets) if cfg.eval.sets is not None else [n for n in names if n != "pool"]
+    if cfg.replay.correct_items > 0 and "pool" in names and "pool" not in sets:
+        sets.append("pool")
+    return sets
+
+
+def stop_reason(cfg: DictConfig, k: int, exam_accs: list[float], records: list[dict]) -> str | None:
+    """Why the loop stops at the start of round ``k``, or None to go on.
+
+    Args:
+        exam_accs: exam accuracy of the model each round 1..k started from.
+        records: this round's evaluation records.
+    """
+    from cem.knowledge.mistakes import select_mistakes
+
+    if k > cfg.loop.rounds:
+        return "rounds"
+    if not select_mistakes(records, cfg.mistakes):
+        return "no_mistakes"
+    if cfg.loop.patience is not None:
+        best, stale = exam_accs[0], 0
+        for acc in exam_accs[1:]:
+            if acc > best + cfg.loop.min_delta:
+                best, stale = acc, 0
+            else:
+                stale += 1
+        if stale >= cfg.loop.patience:
+            return "patience"
+    return None
+
+
+def warm_up(cfg: DictConfig, root: Path) -> Path:
+    """The schema warm-up: build the Normative-only set and train M0 on it; its model folder."""
+    folder = root / "warmup"
+    stages.run_stage(folder, "build", lambda: stages.warmup_build_task(cfg, folder))
+    steps = cfg.loop.warmup.max_steps
+    stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, None, steps))
+    return folder / "model"
+
+
+def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path:
+    """Retrieve, build and train round ``k`` (its eval is done); the new model's folder."""
+    folder = root / f"round_{k}"
+    earlier = [root / f"round_{j}" for j in range(1, k)]
+    stages.run_stage(folder, "retrieve", lambda: stages.retrieve_task(cfg, folder))
+    stages.run_stage(folder, "build", lambda: stages.build_task(cfg, folder, k, earlier))
+    steps = cfg.train.max_steps
+    stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, base, steps))
+    return folder / "model"
+
+
+def evaluate_round(cfg: DictConfig, root: Path, k: int, base: Path | None, sets: list[str]) -> dict:
+    """Score the model round ``k`` starts from into ``round_k/eval`` (round 0: M0)."""
+    folder = root / f"round_{k}"
+    if k == 1 and base is None:  # no warm-up: round 1 starts from M0, scored in round 0
+        task = lambda: stages.copy_eval(root / "round_0", folder)  # noqa: E731
+    else:
+        task = lambda: stages.eval_task(cfg, folder, base, sets)  # noqa: E731
+    return stages.run_stage(folder, "eval", task)
+
+
+def run_loop(cfg: DictConfig) -> dict:
+    """The task behind ``cem run``: every round, resumably; returns the summary.
+
+    Raises:
+        ConfigInvalid: any config problem, all listed, before any compute.
+        CemError: the run folder holds a run with another config, or a stage failed.
+    """
+    problems = check_run(cfg)
+    if problems:
+        raise ConfigInvalid(problems)
+    from cem.loop.logging import RunLogger
+
+    root = resolve_run_dir(cfg)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    guard_config(root, cfg)
+    sets = loop_sets(cfg)
+    console.print(f"[bold]cem run[/] {cfg.model.name} on {cfg.benchmark.name}, "
+                  f"{cfg.loop.rounds} rounds, protocol {cfg.protocol.name}: {root}")  # fmt: skip
+    logger = RunLogger(cfg, root)
+    try:
+        evaluate_round(cfg, root, 0, None, sets)
+        base = warm_up(cfg, root) if cfg.loop.warmup.enabled else None
+        reason = _rounds(cfg, root, base, sets, logger)
+        summary = write_summary(root, cfg, reason, plot=True)
+        logger.update(summary, final=True)
+    finally:
+        logger.finish()
+    report(summary)
+    return summary
+
+
+def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], logger) -> str:
+    """Rounds 1, 2, ... until a stop reason, which is returned."""
+    accs: list[float] = []
+    k = 1
+    while True:
+        evaluate_round(cfg, root, k, base, sets)
+        logger.update(write_summary(root, cfg, None))
+        records = read_jsonl(root / f"round_{k}" / "eval" / "records.jsonl")
+        accs.append(_exam_acc(records))
+        reason = stop_reason(cfg, k, accs, records)
+        if reason:
+            why = {"rounds": f"all {cfg.loop.rounds} rounds done",
+                   "no_mistakes": "no exam mistakes left",
+                   "patience": f"no exam gain for {cfg.loop.patience} round(s)"}[reason]  # fmt: skip
+            console.print(f"[bold]cem run[/] stops before round {k}: {why}")
+            return reason
+        base = run_round(cfg, root, k, base)
+        logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl")
+        k += 1
+
+
+def _exam_acc(records: list[dict]) -> float:
+    exam = [r for r in records if r["set"] == "exam"]
+    return sum(bool(r["correct"]) for r in exam) / max(len(exam), 1)

@@ -1,0 +1,173 @@
+"""The loop's stages, each run once: a done-marker written last makes a re-run skip it.
+
+A stage is a call of the standalone command's own task (``run_eval``, ``run_retrieve``,
+``run_build``, ``train_round``) on a job config cut from the loop's config, pointed at one
+round folder. ``<folder>/done/<stage>.json`` is written atomically after the stage's files,
+and records its wall time and a small result; a stage without it is run again, and its
+outputs are overwritten (training resumes from ``<folder>/checkpoints/last.ckpt``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cem.config import BuildJob, EvalJob, RetrieveJob, TrainJob
+from cem.io import read_json, write_json
+from cem.ui import console
+
+DONE = "done"
+
+
+def marker(folder: Path, stage: str) -> Path:
+    """Where ``stage``'s done-marker lives in ``folder``."""
+    return folder / DONE / f"{stage}.json"
+
+
+def read_marker(folder: Path, stage: str) -> dict | None:
+    """The stage's marker, or None when the stage has not finished."""
+    path = marker(folder, stage)
+    return read_json(path) if path.is_file() else None
+
+
+def run_stage(folder: Path, stage: str, task: Callable[[], dict | None]) -> dict:
+    """Run ``task`` unless ``stage`` is done in ``folder``; write its marker last.
+
+    Returns:
+        The marker: ``{"stage", "seconds", "cpu_seconds", "finished_at", "result"}``.
+    """
+    done = read_marker(folder, stage)
+    if done is not None:
+        console.print(f"[dim]{folder.name}/{stage}: done ({done['seconds']:.1f}s), skipped[/]")
+        return done
+    console.rule(f"[bold]{folder.name}[/] · {stage}")
+    start, cpu = time.perf_counter(), time.process_time()
+    result = task() or {}
+    info = {
+        "stage": stage,
+        "seconds": time.perf_counter() - start,
+        # CPU time of every thread: on a shared machine it tells the cost wall time hides.
+        "cpu_seconds": time.process_time() - cpu,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "result": result,
+    }
+    write_json(marker(folder, stage), info)
+    return info
+
+
+def job_config(schema: type, cfg: DictConfig, run_dir: Path, **extra: Any) -> DictConfig:
+    """The job config of a standalone command (``schema``), cut from the loop's config.
+
+    Args:
+        schema: ``EvalJob``, ``RetrieveJob``, ``BuildJob`` or ``TrainJob``.
+        cfg: the loop's resolved config.
+        run_dir: the round folder the stage reads and writes.
+        extra: nested overrides, e.g. ``train={"max_steps": 10}``.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    keep = {k: plain[k] for k in schema.__dataclass_fields__ if k in plain}
+    return OmegaConf.merge(
+        OmegaConf.structured(schema), keep, {"run_dir": str(run_dir)}, OmegaConf.create(extra)
+    )
+
+
+def model_from(folder: Path) -> dict[str, Any]:
+    """``model`` overrides that load a saved model folder (weights and tokenizer)."""
+    return {
+        "path": str(folder.resolve()),
+        "asset": None,
+        "random_init": False,
+        "revision": None,
+        "tokenizer": None,
+    }
+
+
+def eval_task(cfg: DictConfig, folder: Path, model_dir: Path | None, sets: list[str]) -> dict:
+    """Score the model (``model_dir``, or the configured one) on ``sets``; write ``folder/eval``."""
+    from cem.evaluation.runner import run_eval
+
+    extra: dict[str, Any] = {"eval": {"sets": sets}}
+    if model_dir is not None:
+        extra["model"] = model_from(model_dir)
+    metrics = run_eval(job_config(EvalJob, cfg, folder, **extra), run_dir=folder)
+    return {name: {"acc": m["acc"], "n": m["n"]} for name, m in metrics.items()}
+
+
+def copy_eval(src: Path, folder: Path) -> dict:
+    """Copy ``src/eval`` into ``folder/eval`` (the same model, so the same records)."""
+    out = folder / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".eval.", suffix=".tmp", dir=folder))
+    try:
+        shutil.copytree(src / "eval", tmp, dirs_exist_ok=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"copied_from": str(src / "eval")}
+
+
+def retrieve_task(cfg: DictConfig, folder: Path) -> dict:
+    """Mistakes of ``folder/eval`` -> knowledge points -> passages (``cem retrieve``)."""
+    from cem.knowledge.retrieve import run_retrieve
+
+    stats = run_retrieve(job_config(RetrieveJob, cfg, folder), run_dir=folder)
+    keys = ("mistakes", "passages", "hit_rate", "tokens")
+    return {k: stats[k] for k in keys}
+
+
+def build_task(cfg: DictConfig, folder: Path, round_: int, earlier: list[Path]) -> dict:
+    """This round's training set from its mistakes and passages (``cem build``)."""
+    from cem.curriculum.build import run_build
+
+    job = job_config(BuildJob, cfg, folder, round=round_)
+    stats = run_build(job, earlier_rounds=[str(p) for p in earlier], run_dir=folder)
+    return {"rows": stats["rows"], "tokens": stats["tokens"]}
+
+
+def warmup_build_task(cfg: DictConfig, folder: Path) -> dict:
+    """The schema warm-up's set: Normative pool items only, no CPT text (paradigm cit_only)."""
+    from cem.curriculum.build import run_build
+
+    off = {"enabled": False}
+    job = job_config(
+        BuildJob,
+        cfg,
+        folder,
+        # check_build wants round >= 1; the warm-up's rows are never replayed.
+        round=1,
+        instructions={"normative": {"enabled": True}, "extractive": off, "review": off,
+                      "general": off},
+        paradigm={"name": "cit_only"},
+        replay={"fraction": 0.0, "correct_items": 0},
+        mix={"max_tokens": cfg.loop.warmup.max_tokens},
+    )  # fmt: skip
+    stats = run_build(job, earlier_rounds=[], run_dir=folder)
+    return {"rows": stats["rows"], "tokens": stats["tokens"]}
+
+
+def train_task(cfg: DictConfig, folder: Path, base: Path | None, max_steps: int) -> dict:
+    """Train from ``base`` (a saved model folder, or the configured model) into ``folder/model``.
+
+    A ``model_in`` link to ``base`` is left in ``folder``, so that ``cem train
+    run_dir=<folder>`` re-runs this stage alone.
+    """
+    from cem.training.train import train_round
+
+    if base is not None:
+        link = folder / "model_in"
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
+    job = job_config(TrainJob, cfg, folder, train={"max_steps": max_steps})
+    m = train_round(job, folder, base)
+    keys = ("steps", "loss_first", "loss_last", "train_s", "tokens_per_s")
+    return {k: m[k] for k in keys}

@@ -1,0 +1,276 @@
+"""``D/summary.json`` and ``D/summary.png``: accuracy over rounds, gains, forgetting, cost.
+
+Everything is recomputed from the round folders' files, so a resumed run summarises alike.
+Round 0 is the untouched model; the ``warmup`` entry is round 0 after the schema warm-up;
+round k is M_k, scored in ``round_{k+1}/eval``. Gains use ``acc``:
+
+- schema gain = Δtest (held-out items, which the mistakes' knowledge cannot help);
+- knowledge gain = Δexam − Δtest;
+- both against the warm-up (``vs_warmup``, the reference when it is on) and against the
+  untouched model (``vs_round_0``);
+- forgetting rate per set = share of the items right at round 0 that are now wrong;
+- data efficiency = gain per 1k CPT tokens used so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cem.io import read_json, read_jsonl, write_json
+from cem.loop.stages import read_marker
+
+EXAM, TEST = "exam", "test"
+
+
+def set_metrics(records: Iterable[dict]) -> dict[str, dict]:
+    """``{set: {"acc", "acc_norm", "n"}}`` in the order the sets first appear."""
+    from cem.evaluation.metrics import summarise
+
+    return {
+        s: {k: m[k] for k in ("acc", "acc_norm", "n")} for s, m in summarise(list(records)).items()
+    }
+
+
+def forgetting(reference: Iterable[dict], records: Iterable[dict]) -> dict[str, float | None]:
+    """Per set, the share of items right in ``reference`` that are wrong in ``records``.
+
+    None for a set with no item right in the reference. Items are matched by (set, id).
+    """
+    right = {(r["set"], r["id"]) for r in reference if r["correct"]}
+    now = {(r["set"], r["id"]): bool(r["correct"]) for r in records}
+    out: dict[str, float | None] = {}
+    for name in dict.fromkeys(r["set"] for r in records):
+        keys = [k for k in right if k[0] == name and k in now]
+        out[name] = sum(not now[k] for k in keys) / len(keys) if keys else None
+    return out
+
+
+def gains(reference: dict[str, dict], metrics: dict[str, dict]) -> dict[str, float | None]:
+    """Δexam, Δtest, schema gain (Δtest) and knowledge gain (Δexam − Δtest), in acc.
+
+    A delta is None when either side lacks the set.
+    """
+
+    def delta(name: str) -> float | None:
+        if name in reference and name in metrics:
+            return metrics[name]["acc"] - reference[name]["acc"]
+        return None
+
+    exam, test = delta(EXAM), delta(TEST)
+    knowledge = exam - test if exam is not None and test is not None else None
+    return {"exam": exam, "test": test, "schema": test, "knowledge": knowledge}
+
+
+def efficiency(g: dict[str, float | None], cpt_tokens: int) -> dict[str, float | None]:
+    """Exam and knowledge gain per 1k CPT tokens (None without CPT tokens or a gain)."""
+    per_1k = cpt_tokens / 1000
+
+    def rate(x: float | None) -> float | None:
+        return x / per_1k if x is not None and per_1k > 0 else None
+
+    return {
+        "exam_gain_per_1k_cpt": rate(g["exam"]),
+        "knowledge_gain_per_1k_cpt": rate(g["knowledge"]),
+    }
+
+
+def _timing(*parts: tuple[Path, list[str]]) -> dict[str, dict[str, float]]:
+    """``seconds`` (wall) and ``cpu_seconds`` of each finished stage of each (folder, stages)."""
+    out: dict[str, dict[str, float]] = {"seconds": {}, "cpu_seconds": {}}
+    for folder, names in parts:
+        for name in names:
+            m = read_marker(folder, name)
+            for key in out:
+                if m is not None and key in m:
+                    out[key][name] = m[key]
+    return out
+
+
+def _tokens(folder: Path) -> dict[str, int]:
+    path = folder / "train_set" / "stats.json"
+    t = read_json(path)["tokens"] if path.is_file() else {}
+    return {f"{k}_tokens": int(t.get(k, 0)) for k in ("cpt", "cit", "replay")}
+
+
+def _entry(round_: int, label: str, protocol: str, eval_folder: Path, root: Path) -> dict:
+    records = read_jsonl(eval_folder / "eval" / "records.jsonl")
+    return {
+        "round": round_,
+        "label": label,
+        "protocol": protocol,
+        "eval_dir": str((eval_folder / "eval").relative_to(root)),
+        "metrics": set_metrics(records),
+        "_records": records,  # dropped before writing
+    }
+
+
+def collect(root: Path, cfg: DictConfig) -> tuple[dict, dict | None, list[dict]]:
+    """Round 0, the warm-up (or None) and each trained round whose model has been scored."""
+    proto = cfg.protocol.name
+    r0 = _entry(0, "before warm-up", proto, root / "round_0", root)
+    r0.update(cpt_tokens=0, cit_tokens=0, replay_tokens=0)
+    r0.update(_timing((root / "round_0", ["eval"])))
+    warm = None
+    if cfg.loop.warmup.enabled and read_marker(root / "round_1", "eval"):
+        warm = _entry(0, "after warm-up", proto, root / "round_1", root)
+        warm.update(_tokens(root / "warmup"))
+        warm.update(_timing((root / "warmup", ["build", "train"]), (root / "round_1", ["eval"])))
+    rounds = []
+    k = 1
+    while read_marker(root / f"round_{k}", "train") and read_marker(
+        root / f"round_{k + 1}", "eval"
+    ):
+        folder, scored = root / f"round_{k}", root / f"round_{k + 1}"
+        e = _entry(k, f"round {k}", proto, scored, root)
+        e.update(_tokens(folder))
+        retrieved = read_marker(folder, "retrieve")["result"]
+        e.update(mistakes=retrieved["mistakes"], passages=retrieved["passages"])
+        e.update(_timing((folder, ["retrieve", "build", "train"]), (scored, ["eval"])))
+        rounds.append(e)
+        k += 1
+    return r0, warm, rounds
+
+
+def build_summary(root: Path, cfg: DictConfig, stopped: str | None = None) -> dict:
+    """The summary of what ``root`` holds now (rounds still to come are left out)."""
+    r0, warm, rounds = collect(root, cfg)
+    ref = warm or r0
+    cpt_so_far = 0
+    for e in [r0, *([warm] if warm else []), *rounds]:
+        e["forgetting"] = forgetting(r0["_records"], e["_records"])
+        if warm is not None:
+            e["forgetting_vs_warmup"] = forgetting(warm["_records"], e["_records"])
+    for e in rounds:
+        cpt_so_far += e["cpt_tokens"]
+        e["gains"] = {"vs_round_0": gains(r0["metrics"], e["metrics"])}
+        if warm is not None:
+            e["gains"]["vs_warmup"] = gains(warm["metrics"], e["metrics"])
+        e["data_efficiency"] = efficiency(gains(ref["metrics"], e["metrics"]), cpt_so_far)
+    if warm is not None:
+        warm["gains"] = {"vs_round_0": gains(r0["metrics"], warm["metrics"])}
+    for e in [r0, *([warm] if warm else []), *rounds]:
+        del e["_records"]
+    return _top(cfg, r0, warm, rounds, stopped)
+
+
+def _top(cfg: DictConfig, r0: dict, warm: dict | None, rounds: list[dict], stopped) -> dict:
+    last = rounds[-1] if rounds else None
+    exam = [e["metrics"].get(EXAM, {}).get("acc", float("nan")) for e in rounds]
+    entries = [r0, *([warm] if warm else []), *rounds]
+    return {
+        "protocol": cfg.protocol.name,
+        "model": cfg.model.name,
+        "benchmark": cfg.benchmark.name,
+        "seed": cfg.seed,
+        "reference": "warmup" if warm else "round_0",
+        "rounds": [r0, *rounds],
+        "warmup": warm,
+        "gains": None if last is None else {
+            "round": last["round"], **last["gains"], "data_efficiency": last["data_efficiency"],
+        },
+        "best_round": None if not rounds else rounds[exam.index(max(exam))]["round"],
+        "stopped": None if stopped is None else {"reason": stopped, "round": len(rounds)},
+        "seconds": {
+            "total": sum(s for e in entries for s in e["seconds"].values()),
+            "cpu_total": sum(s for e in entries for s in e["cpu_seconds"].values()),
+        },
+    }  # fmt: skip
+
+
+def write_summary(root: Path, cfg: DictConfig, stopped: str | None, plot: bool = False) -> dict:
+    """Write ``summary.json`` (and ``summary.png`` when ``plot``); return the summary."""
+    summary = build_summary(root, cfg, stopped)
+    write_json(root / "summary.json", summary)
+    if plot:
+        plot_summary(summary, root / "summary.png")
+    return summary
+
+
+def timeline(summary: dict) -> list[dict]:
+    """Round 0, the warm-up when there is one, then each round: the order results came in."""
+    rounds = summary["rounds"]
+    return [rounds[0], *([summary["warmup"]] if summary["warmup"] else []), *rounds[1:]]
+
+
+def _tag(e: dict) -> str:
+    return "W" if e["label"] == "after warm-up" else str(e["round"])
+
+
+def plot_summary(summary: dict, path: Path) -> Path:
+    """Accuracy per set over rounds (matplotlib, Agg), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cem.io import atomic_open
+
+    entries = timeline(summary)
+    xs = list(range(len(entries)))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name in entries[0]["metrics"]:
+        ys = [e["metrics"].get(name, {}).get("acc", float("nan")) for e in entries]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xticks(xs, [_tag(e) for e in entries])
+    ax.set_xlabel("round (W: after the schema warm-up)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{summary['model']} · {summary['benchmark']} · {summary['protocol']}")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report(summary: dict) -> None:
+    """Print accuracy per set over rounds, then gains, forgetting and cost per round."""
+    from rich.table import Table
+
+    from cem.ui import console
+
+    entries = timeline(summary)
+    acc = Table(title=f"accuracy (%) per round, {summary['protocol']} protocol")
+    acc.add_column("set")
+    for e in entries:
+        acc.add_column(_tag(e), justify="right")
+    for name in entries[0]["metrics"]:
+        acc.add_row(name, *(_pct(e["metrics"].get(name, {}).get("acc")) for e in entries))
+    console.print(acc)
+    ref = summary["reference"]
+    # Narrow headers: the table must fit an 80-column terminal.
+    cost = Table(
+        title=f"{summary['protocol']}: gains vs {ref} (points), forgetting vs round 0 (%), cost"
+    )
+    for col in (
+        "round",
+        "Δexam",
+        "schema",
+        "knowl.",
+        "forg.E",
+        "forg.T",
+        "CPT tok",
+        "CIT tok",
+        "s",
+    ):
+        cost.add_column(col, justify="right")
+    for e in entries:
+        g = (e.get("gains") or {}).get(f"vs_{ref}") or {}
+        f = e["forgetting"]
+        cost.add_row(_tag(e), _pct(g.get("exam")), _pct(g.get("schema")), _pct(g.get("knowledge")),
+                     _pct(f.get(EXAM)), _pct(f.get(TEST)), str(e["cpt_tokens"]),
+                     str(e["cit_tokens"]), f"{sum(e['seconds'].values()):.0f}")  # fmt: skip
+    console.print(cost)
+    if summary["stopped"]:
+        console.print(
+            f"stopped: {summary['stopped']['reason']} after round {summary['stopped']['round']}"
+        )
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}"

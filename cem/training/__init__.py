@@ -1,0 +1,11 @@
+"""Step 6 of CEM: train on the round's CPT + CIT set jointly, merge, save ``D/model``.
+
+``data`` tokenises and packs, ``module`` holds the joint objective, ``finetune`` the LoRA /
+full-weight choice and the merge, ``train`` the ``cem train`` task. The names below are
+light to import, so that configs can be checked before torch is loaded.
+"""
+
+KINDS = ("cpt", "normative", "extractive", "review", "general", "replay")  # row kinds
+CIT_KINDS = ("normative", "extractive", "review", "general")  # the four instruction types
+FINETUNE_MODES = ("lora", "full")
+SCHEDULES = ("cosine", "linear", "constant")

@@ -1,0 +1,210 @@
+"""``cem train run_dir=D``: train on ``D/train_set/train.parquet``, save the merged model to ``D/model``.
+
+Layout of a run directory (METHOD.md, step 6)::
+
+    D/model_in/        the model to train, when the loop put one there (else ``model``)
+    D/train_set/       train.parquet, from ``cem build``
+    D/checkpoints/     last.ckpt every ``train.checkpoint_every_n_steps``; a re-run resumes
+    D/train_logs/      CSV logs, one version_N per run
+    D/train/           metrics.json
+    D/model/           the merged model (safetensors + tokenizer), written atomically
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cem.config import resolve_run_dir
+from cem.errors import CemError, ConfigError
+from cem.io import write_json
+from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES
+from cem.ui import console
+from cem.validate import at_least, check_model, choice, in_unit, validate
+
+
+def check_train(t: DictConfig) -> list[str]:
+    """Every problem with the ``train`` node, each with the override that fixes it."""
+    problems = [
+        choice("train.finetune", t.finetune, FINETUNE_MODES),
+        choice("train.schedule", t.schedule, SCHEDULES),
+        None if t.lr > 0 else f"train.lr must be > 0; got {t.lr!r} (try train.lr=2e-4)",
+        at_least("train.weight_decay", t.weight_decay, 0, 0.0),
+        in_unit("train.warmup_ratio", t.warmup_ratio, 0.05),
+        at_least("train.epochs", t.epochs, 1, 1),
+        at_least("train.seq_len", t.seq_len, 16, 512),
+        at_least("train.batch_size", t.batch_size, 1, 8),
+        at_least("train.grad_accum", t.grad_accum, 1, 1),
+        at_least("train.checkpoint_every_n_steps", t.checkpoint_every_n_steps, 1, 50),
+        at_least("train.lora.r", t.lora.r, 1, 16),
+        in_unit("train.lora.dropout", t.lora.dropout, 0.05),
+    ]
+    if t.max_steps != -1 and t.max_steps < 1:
+        problems.append(f"train.max_steps must be -1 (run train.epochs) or >= 1; got "
+                        f"{t.max_steps} (try train.max_steps=-1)")  # fmt: skip
+    if not t.lora.target_modules:
+        problems.append("train.lora.target_modules must not be empty (try "
+                        "train.lora.target_modules=[q_proj,v_proj])")  # fmt: skip
+    for kind, w in t.loss_weights.items():
+        problems.append(choice("train.loss_weights key", kind, KINDS))
+        problems.append(at_least(f"train.loss_weights.{kind}", w, 0, 1.0))
+    return [p for p in problems if p]
+
+
+def kind_weights(cfg: DictConfig) -> dict[str, float]:
+    """Loss weight per kind: ``train.loss_weights[kind]``, else ``instructions.<kind>.loss_weight``."""
+    weights = {}
+    for kind in KINDS:
+        if kind in cfg.train.loss_weights:
+            weights[kind] = float(cfg.train.loss_weights[kind])
+        elif kind in CIT_KINDS:
+            weights[kind] = float(cfg.instructions[kind].loss_weight)
+        else:
+            raise ConfigError(f"train.loss_weights.{kind}", None, "must be set",
+                              f"++train.loss_weights.{kind}=1.0")  # fmt: skip
+    return weights
+
+
+def run_train(cfg: DictConfig) -> dict:
+    """The task behind ``cem train``: train ``D/model_in`` (if present) or ``model``.
+
+    Returns:
+        The metrics also written to ``D/train/metrics.json``.
+    """
+    validate(cfg, {"model": check_model, "train": check_train})
+    if "_target_" not in cfg.trainer:
+        raise ConfigError("trainer", dict(cfg.trainer), "needs a _target_ (lightning.Trainer)",
+                          "trainer=cpu")  # fmt: skip
+    run_dir = resolve_run_dir(cfg)
+    base = run_dir / "model_in"
+    return train_round(cfg, run_dir, base if base.exists() else None)
+
+
+def train_round(cfg: DictConfig, run_dir: Path, base: Path | None) -> dict:
+    """Train on ``run_dir/train_set/train.parquet``; save the merged model to ``run_dir/model``.
+
+    Args:
+        cfg: a composed ``TrainJob``.
+        run_dir: the round's folder.
+        base: a saved model folder to start from; None starts from ``cfg.model``.
+    """
+    import lightning as L
+
+    from cem.training.data import TrainDataModule, read_train_set
+    from cem.training.finetune import load_base, prepare, save, trainable_share
+    from cem.training.module import CemLM
+
+    t = cfg.train
+    weights = kind_weights(cfg)
+    data_path = run_dir / "train_set" / "train.parquet"
+    read_train_set(data_path)  # fail on bad data before loading the model
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    model, tokenizer = load_base(cfg.model, base, cfg.seed)
+    model = prepare(model, t.finetune, t.lora)
+    module = CemLM(model, weights, t.lr, t.weight_decay, t.schedule, t.warmup_ratio)
+    data = TrainDataModule(data_path, tokenizer, t.seq_len, t.batch_size, t.pack, t.seed)
+    trainer = build_trainer(cfg, run_dir)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    trained, total = trainable_share(model)
+    console.print(
+        f"[bold]cem train[/] {t.finetune} on {base or cfg.model.name}: {trained:,} of {total:,} "
+        f"weights trainable" + (f"; resuming from {ckpt}" if ckpt.is_file() else "")
+    )
+    # The data module resumes mid-epoch itself (TrainDataModule.state_dict), so Lightning's
+    # warning that the dataloader is not resumable does not apply.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt if ckpt.is_file() else None)
+    seconds = time.perf_counter() - start
+    metrics = _metrics(trainer, module, data, seconds, trained, total)
+    if trainer.is_global_zero:
+        out = save(module.model, tokenizer, run_dir / "model")
+        metrics["model_dir"] = str(out)
+        write_json(run_dir / "train" / "metrics.json", metrics)
+        console.print(
+            f"trained {metrics['steps']} steps in {seconds:.1f}s "
+            f"({metrics['tokens_per_s']:.0f} tokens/s, padding {metrics['padding_waste']:.1%}); "
+            f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}; wrote {out}"
+        )
+    return metrics
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path):
+    """The ``trainer`` group's Lightning Trainer, with this job's steps, callbacks and logger."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            every_n_train_steps=t.checkpoint_every_n_steps,
+            save_top_k=0,  # only last.ckpt: it is what a re-run resumes from
+            save_last=True,
+        )
+    ]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(RichProgressBar())
+    return instantiate(
+        cfg.trainer,
+        max_steps=t.max_steps,
+        max_epochs=t.epochs if t.max_steps == -1 else -1,
+        accumulate_grad_batches=t.grad_accum,
+        callbacks=callbacks,
+        logger=CSVLogger(save_dir=run_dir, name="train_logs"),
+        enable_checkpointing=True,
+        default_root_dir=run_dir,
+        # The data module deals batches to ranks itself (phase order, resumable).
+        use_distributed_sampler=False,
+    )
+
+
+def _metrics(trainer, module, data, seconds: float, trained: int, total: int) -> dict:
+    tp = module.throughput
+    return {
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "loss_first": module.totals["first_loss"],
+        "loss_last": module.totals["last_loss"],
+        "target_tokens": {k: v for k, v in module.totals["tokens"].items() if v},
+        "tokens_per_s": tp["tokens"] / tp["seconds"] if tp["seconds"] else 0.0,
+        "padding_waste": data.stats.get("padding_waste", 0.0),
+        "data": data.stats,
+        "train_s": seconds,
+        "precision": str(trainer.precision),
+        "trainable_params": trained,
+        "total_params": total,
+    }
+
+
+def main() -> None:
+    """``python -m cem.training.train key=value ...``: the same task as ``cem train``.
+
+    Lightning's DDP launcher re-runs the command line once per rank, so multi-process
+    runs start from here (or from ``torchrun -m cem.training.train``).
+    """
+    import hydra
+
+    from cem.cli import conf_dir
+    from cem.config import register_configs
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+    def _app(cfg: DictConfig) -> None:
+        try:
+            run_train(cfg)
+        except CemError as e:
+            print(f"cem train: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Slow training tests: DDP over two CPU processes, and SmolLM2 learning a few facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_training import FACTS, compose_train, row, small_set, write_set
+
+from cem.training.train import run_train
+
+pytestmark = pytest.mark.slow
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (prompt, answer) pairs that FACTS state; SmolLM2 cannot know them beforehand.
+PROBES = [
+    ("The river Lumo flows through the town of", " Kessa"),
+    ("Mount Orrin is the highest peak of the", " Vell"),
+    ("The Tarn Republic adopted the silver crown as its currency in", " 1891"),
+    ("Queen Ilsa of Marrow founded the first public", " library"),
+]
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    write_set(tmp_path, small_set() * 2)
+    cmd = [sys.executable, "-m", "cem.training.train", f"run_dir={tmp_path}",
+           "model=tiny_random_llama", "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+           "train.max_steps=3", "train.seq_len=64", "train.batch_size=2"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def answer_logprob(model, tok, prompt: str, answer: str) -> float:
+    ids = tok(prompt + answer, return_tensors="pt").input_ids
+    n = len(tok(prompt).input_ids)
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    return float(logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum())
+
+
+def test_smollm2_lora_learns_facts(tmp_path):
+    from cem.models import load_model
+
+    write_set(tmp_path, [row(f) for f in FACTS] * 2)
+    cfg = compose_train(tmp_path, "model=smollm2_135m_instruct", "train.max_steps=12",
+                        "train.lr=1e-3", "train.batch_size=4", "train.seq_len=128",
+                        "train.warmup_ratio=0", "train.schedule=constant")  # fmt: skip
+    cfg.model.dtype = "float32"
+    before_model, tok = load_model(cfg.model)
+    before = [answer_logprob(before_model, tok, p, a) for p, a in PROBES]
+    del before_model
+    m = run_train(cfg)
+    cfg.model.asset, cfg.model.path = None, str(tmp_path / "model")
+    after_model, _ = load_model(cfg.model)
+    after = [answer_logprob(after_model, tok, p, a) for p, a in PROBES]
+    assert m["loss_last"] < m["loss_first"]
+    assert sum(after) > sum(before) + 2.0, (before, after)
+    assert sum(a > b for a, b in zip(after, before, strict=True)) >= 3, (before, after)
