@@ -141,6 +141,27 @@ def bench_hf(rows: list[dict], precision: str, batch: int, args) -> dict:
     }
 
 
+def padding_table(rows: list[dict], seq_len: int) -> dict[str, float]:
+    """Padding waste of our batches (packed and bucketed) for several batch sizes; no training."""
+    from transformers import AutoTokenizer
+
+    from cem.assets.fetch import asset_dir
+    from cem.training.data import PhaseBatchSampler, SequenceDataset, plan_sequences, tokenize_rows
+
+    tok = AutoTokenizer.from_pretrained(asset_dir("smollm2-135m-instruct"))
+    examples, truncated = tokenize_rows(rows, tok, seq_len)
+    out = {"truncated": truncated}
+    for pack in (True, False):
+        seqs = plan_sequences(examples, seq_len, pack, seed=0)[0]
+        lengths = SequenceDataset(examples, seqs).lengths
+        if pack:
+            out["pack_fill"] = sum(lengths) / (len(seqs) * seq_len)
+        for bs in (1, 2, 4, 8):
+            sampler = PhaseBatchSampler([list(range(len(seqs)))], lengths, bs, 0, pack)
+            out[f"{'packed' if pack else 'bucketed'}/batch_{bs}"] = sampler.padding_waste()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
@@ -148,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     rows = make_rows(args.rows)
     print(f"torch threads: {torch.get_num_threads()}; rows: {len(rows)}; steps: {args.steps}")
-    results = {}
+    results = {"padding": padding_table(rows, args.seq_len)}
+    print("padding", json.dumps(results["padding"]), flush=True)
     for mode in args.modes:
         for precision in args.precision:
             key = f"ours/{mode}/{precision}"
@@ -161,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(key, json.dumps(results[key]), flush=True)
     print("\nmeasurement                     tokens/s   vs HF   padding")
     for key, r in results.items():
+        if key == "padding":
+            continue
         mode, prec = key.split("/")[1:]
         hf = results.get(f"hf_trainer_peft/{mode}/{prec}")
         ratio = f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf else "-"

@@ -344,3 +344,10 @@ def test_trainer_configs_compose(tmp_path, trainer):
 def test_example_dataclass_is_plain():
     ex = Example([1, 2], [2, IGNORE], 0, 0)
     assert collate([[ex]], 0)["segment_ids"].tolist() == [[0, 0]]
+
+
+def test_unpacked_run_pads_in_buckets(tmp_path):
+    write_set(tmp_path, small_set())
+    m = run_train(compose_train(tmp_path, "train.pack=false", "train.max_steps=2"))
+    assert m["data"]["sequences"] == m["data"]["examples"] == len(small_set())
+    assert m["steps"] == 2 and m["loss_last"] > 0
