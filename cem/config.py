@@ -309,7 +309,7 @@ class WarmupConfig:
     """The schema warm-up before round 1 (METHOD.md, step 0): Normative-only training on the pool."""
 
     enabled: bool = True
-    max_steps: int = 10  # optimizer steps of the warm-up; -1: train.epochs over the warm-up set
+    max_steps: int = 4  # optimizer steps of the warm-up; -1: train.epochs over the warm-up set
     max_tokens: int | None = None  # token budget of the warm-up set; null: every pool item once
 
 

@@ -175,7 +175,7 @@ def check_loop(loop: DictConfig) -> list[str]:
     if steps != -1 and not (isinstance(steps, int) and steps >= 1):
         problems.append(
             "loop.warmup.max_steps must be -1 (train.epochs over the warm-up set) or >= 1; "
-            f"got {steps!r} (try loop.warmup.max_steps=10)"
+            f"got {steps!r} (try loop.warmup.max_steps=4)"
         )
     if loop.warmup.max_tokens is not None:
         problems.append(at_least("loop.warmup.max_tokens", loop.warmup.max_tokens, 1, 20000))

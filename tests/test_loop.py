@@ -65,7 +65,7 @@ def test_gains_split_into_schema_and_knowledge():
 
 def fake_eval(folder: Path, recs: list[dict], seconds: float = 1.0) -> None:
     write_jsonl(folder / "eval" / "records.jsonl", recs)
-    write_json(stages.marker(folder, "eval"), {"seconds": seconds, "result": {}})
+    write_json(stages.marker(folder, "eval"), {"seconds": seconds, "cpu_seconds": 2 * seconds})
 
 
 def fake_train(folder: Path, cpt: int, cit: int, mistakes: int | None = None) -> None:
@@ -120,7 +120,8 @@ def test_summary_of_a_synthetic_run(tmp_path, protocol):
     assert counts == (2000, 1000, 500, 1)
     assert r1["seconds"] == {"retrieve": 3.0, "build": 2.0, "train": 2.0, "eval": 1.0}
     assert s["reference"] == "warmup" and s["gains"]["round"] == 1 and s["best_round"] == 1
-    assert s["stopped"] == {"reason": "rounds", "round": 1} and s["seconds"]["total"] == 14.0
+    assert s["stopped"] == {"reason": "rounds", "round": 1}
+    assert s["seconds"] == {"total": 14.0, "cpu_total": 6.0}  # CPU time of the evals only
     assert {e["protocol"] for e in [r0, r1, warm]} == {protocol} == {s["protocol"]}
     report(s)
     assert plot_summary(s, tmp_path / "summary.png").stat().st_size > 1000
@@ -142,6 +143,16 @@ def test_a_stage_runs_once_and_its_marker_is_written_last(tmp_path):
     with pytest.raises(RuntimeError):
         stages.run_stage(tmp_path, "train", crash)
     assert stages.read_marker(tmp_path, "train") is None
+
+
+def test_without_warm_up_round_1_reuses_round_0_scores(tmp_path):
+    from cem.loop.run import evaluate_round
+
+    fake_eval(tmp_path / "round_0", records({0}, {1}))
+    info = evaluate_round(OmegaConf.create({}), tmp_path, 1, None, ["exam", "test"])
+    assert info["result"] == {"copied_from": str(tmp_path / "round_0" / "eval")}
+    copied = read_jsonl(tmp_path / "round_1" / "eval" / "records.jsonl")
+    assert copied == read_jsonl(tmp_path / "round_0" / "eval" / "records.jsonl")
 
 
 def test_stop_reasons():

@@ -107,6 +107,13 @@ def _entry(round_: int, label: str, protocol: str, eval_folder: Path, root: Path
     }
 
 
+def _trained_and_scored(root: Path, k: int) -> bool:
+    """Round k's model M_k is trained (round_k) and scored (in round_{k+1})."""
+    return bool(read_marker(root / f"round_{k}", "train")) and bool(
+        read_marker(root / f"round_{k + 1}", "eval")
+    )
+
+
 def collect(root: Path, cfg: DictConfig) -> tuple[dict, dict | None, list[dict]]:
     """Round 0, the warm-up (or None) and each trained round whose model has been scored."""
     proto = cfg.protocol.name
@@ -120,9 +127,7 @@ def collect(root: Path, cfg: DictConfig) -> tuple[dict, dict | None, list[dict]]
         warm.update(_timing((root / "warmup", ["build", "train"]), (root / "round_1", ["eval"])))
     rounds = []
     k = 1
-    while read_marker(root / f"round_{k}", "train") and read_marker(
-        root / f"round_{k + 1}", "eval"
-    ):
+    while _trained_and_scored(root, k):
         folder, scored = root / f"round_{k}", root / f"round_{k + 1}"
         e = _entry(k, f"round {k}", proto, scored, root)
         e.update(_tokens(folder))
@@ -141,8 +146,8 @@ def build_summary(root: Path, cfg: DictConfig, stopped: str | None = None) -> di
     cpt_so_far = 0
     for e in [r0, *([warm] if warm else []), *rounds]:
         e["forgetting"] = forgetting(r0["_records"], e["_records"])
-        if warm is not None:
-            e["forgetting_vs_warmup"] = forgetting(warm["_records"], e["_records"])
+    for e in [warm, *rounds] if warm is not None else []:
+        e["forgetting_vs_warmup"] = forgetting(warm["_records"], e["_records"])
     for e in rounds:
         cpt_so_far += e["cpt_tokens"]
         e["gains"] = {"vs_round_0": gains(r0["metrics"], e["metrics"])}
