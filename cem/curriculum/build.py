@@ -23,6 +23,7 @@ from cem.curriculum.extractive import MAX_PARAPHRASES
 from cem.curriculum.mixing import PARADIGMS, cit_ratio, order_rows, replay_rows, select
 from cem.curriculum.render import CIT_KINDS, COLUMNS, KINDS, Renderer, Row
 from cem.errors import CemError, DataError
+from cem.knowledge.leak import guard_pairs
 from cem.knowledge.types import Passage
 from cem.validate import ConfigInvalid, at_least, check_benchmark, check_model, choice, in_unit
 
@@ -186,23 +187,6 @@ def by_set(sets: dict[str, list[MCItem]]) -> dict[str, list[MCItem]]:
         for it in items:
             out.setdefault(it.set, []).append(it)
     return out
-
-
-def guard_pairs(sets: dict[str, list[MCItem]]) -> list[tuple[str, str]]:
-    """(question, answer) and (stem, answer) of every evaluation item (every set but the pool)."""
-    from cem.benchmarks.prompts import BLANK
-
-    pairs = []
-    for name, items in sets.items():
-        if name == "pool":
-            continue
-        for it in items:
-            pairs.append((it.question, it.gold))
-            if it.stem:
-                pairs.append((it.stem, it.gold))
-            if BLANK.search(it.question):  # a blank question is also stated filled in
-                pairs.append((BLANK.sub(it.gold, it.question, count=1), it.gold))
-    return pairs
 
 
 def drop_leaks(rows: list[Row], guard) -> tuple[list[Row], int]:

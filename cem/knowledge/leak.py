@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -158,3 +158,20 @@ class LeakGuard:
         kept = [p for p, bad in zip(passages, leak, strict=True) if not bad]
         dropped = [p for p, bad in zip(passages, leak, strict=True) if bad]
         return kept, dropped
+
+
+def guard_pairs(sets: Mapping[str, Sequence[Any]]) -> list[tuple[str, str]]:
+    """(question, answer) and (stem, answer) of every evaluation item (every set but the pool)."""
+    from cem.benchmarks.prompts import BLANK
+
+    pairs = []
+    for name, items in sets.items():
+        if name == "pool":
+            continue
+        for it in items:
+            pairs.append((it.question, it.gold))
+            if it.stem:
+                pairs.append((it.stem, it.gold))
+            if BLANK.search(it.question):  # a blank question is also stated filled in
+                pairs.append((BLANK.sub(it.gold, it.question, count=1), it.gold))
+    return pairs

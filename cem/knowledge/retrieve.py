@@ -75,16 +75,10 @@ def retrieve_passages(source, mistakes: list[dict], kps: list[KeyPoints], k: int
 
 
 def guard_pairs(records: Iterable[dict], sets: dict) -> list[tuple[str, str]]:
-    """(question, answer) of every evaluation item, in its question and its stem form."""
-    pairs = [(r["question"], r["choices"][r["gold"]]) for r in records]
-    for name, items in sets.items():
-        if name == "pool":
-            continue
-        for it in items:
-            pairs.append((it.question, it.gold))
-            if it.stem:
-                pairs.append((it.stem, it.gold))
-    return pairs
+    """The evaluation items of the benchmark (``leak.guard_pairs``) plus the scored records."""
+    from cem.knowledge.leak import guard_pairs as benchmark_pairs
+
+    return [(r["question"], r["choices"][r["gold"]]) for r in records] + benchmark_pairs(sets)
 
 
 def hit_rate(mistakes: list[dict], passages: list[Passage]) -> float:
