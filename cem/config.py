@@ -80,7 +80,9 @@ class SourceConfig:
     quota: float = 1.0  # share of each mistake's passages in a ``mix`` (normalised over sources)
     top_k: int = 5  # passages asked of the source per query
     # Corpus sources (wiki_offline, wiki_dense, local_corpus).
-    path: str | None = None  # local_corpus: JSONL/Parquet file or folder of .txt/.md files; wiki_*: the summaries file (default: the asset)
+    path: str | None = (
+        None  # local_corpus: JSONL/Parquet file or folder of .txt/.md files; wiki_*: the summaries file (default: the asset)
+    )
     text_field: str = "text"  # local_corpus JSONL/Parquet: the column holding the text
     retriever: str = "bm25"  # local_corpus: bm25 | dense
     embedding_asset: str = "minilm-l6-v2"  # dense retrieval: the sentence-embedding asset
