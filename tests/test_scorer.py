@@ -161,3 +161,20 @@ def test_attention_without_4d_masks_is_an_error(model, monkeypatch):
     monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
     with pytest.raises(CemError, match="attn_implementation='sdpa'"):
         score_requests(model, tiny_tokenizer(), REQUESTS[:1])
+
+
+LETTERS_ONLY = [  # single-token options: one causal forward, no tree mask
+    SHARED[0],
+    REQUESTS[3],
+    Request(INSTRUCTION + "Pick one of these, please.\nAnswer:", [" A", " B", " C"]),
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_single_token_options_match_naive(model, batch_size):
+    tok = tiny_tokenizer()
+    assert all(len(tok.encode(c)) == 1 for r in LETTERS_ONLY for c in r.continuations)
+    ours = score_requests(model, tok, LETTERS_ONLY, batch_size=batch_size)
+    ref = naive_scores(model, tok, LETTERS_ONLY, max_length=2048)
+    for a, b in zip(ours, ref, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)

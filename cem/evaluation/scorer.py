@@ -238,12 +238,18 @@ def _score_batch(model, batch: list[_Unit], device: torch.device) -> list[list[f
     shared = shared if shared >= _MIN_SHARED else 0
     cache = _shared_cache(model, batch[0].ctx[:shared], len(batch), device) if shared else None
     lay = _Layout(batch, shared)
-    seg = torch.tensor(lay.seg, device=device)
-    dtype = model.get_input_embeddings().weight.dtype
+    mask = pos = None
+    # Rows are right-padded, so without option tokens plain causal attention is exact and
+    # takes SDPA's fast path; options need the tree mask and their own positions.
+    if any(len(c) > 1 for u in batch for c in u.conts):
+        seg = torch.tensor(lay.seg, device=device)
+        dtype = model.get_input_embeddings().weight.dtype
+        mask = _tree_mask(seg, shared, model.config._attn_implementation, dtype)
+        pos = torch.tensor(lay.pos, device=device)
     out = model(
         input_ids=torch.tensor(lay.ids, device=device),
-        attention_mask=_tree_mask(seg, shared, model.config._attn_implementation, dtype),
-        position_ids=torch.tensor(lay.pos, device=device),
+        attention_mask=mask,
+        position_ids=pos,
         past_key_values=cache,
         use_cache=cache is not None,
         # A boolean mask runs the LM head on the scored positions only: (n_kept, vocab).
