@@ -46,20 +46,23 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file; a bad line raises DataError naming the file and line."""
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` per non-blank line; bad JSON raises DataError with the line."""
     from cem.errors import DataError
 
-    rows = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(path, lineno, f"invalid JSON ({e.msg})") from None
-    return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file; a bad line raises DataError naming the file and line."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def read_json(path: str | os.PathLike) -> Any:

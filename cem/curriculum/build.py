@@ -8,7 +8,6 @@ paradigm, adds replay, and writes ``D/train_set/{train.parquet,stats.json}``.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from cem.curriculum.extractive import MAX_PARAPHRASES
 from cem.curriculum.mixing import PARADIGMS, cit_ratio, order_rows, replay_rows, select
 from cem.curriculum.render import CIT_KINDS, COLUMNS, KINDS, Renderer, Row
 from cem.errors import CemError, DataError
+from cem.io import iter_jsonl
 from cem.knowledge.leak import guard_pairs
 from cem.knowledge.types import Passage
 from cem.validate import ConfigInvalid, at_least, check_benchmark, check_model, choice, in_unit
@@ -105,18 +105,11 @@ def check_build(cfg: DictConfig) -> list[str]:
 
 def _read_records(path: Path, required: Sequence[str]) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, lineno, f"invalid JSON ({e.msg})") from None
-            missing = [k for k in required if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise DataError(path, lineno, f"missing field(s) {', '.join(missing)}")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in required if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DataError(path, lineno, f"missing field(s) {', '.join(missing)}")
+        rows.append(row)
     return rows
 
 
