@@ -13,6 +13,7 @@ import csv
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -107,36 +108,37 @@ def timed(fn, repeat: int):
     return out, best_wall, best_cpu
 
 
-def bench_one(model, tok, requests, gold, args, label: str) -> dict:
-    """Score with ours (and lm-eval) once after a short warm-up; print one line each."""
-    score_requests(model, tok, requests[:4], batch_size=args.batch_size)  # warm-up
-    ours, t_ours, c_ours = timed(
-        lambda: score_requests(model, tok, requests, batch_size=args.batch_size), args.repeat
-    )
+def _ours(model, tok, batch_size: int, requests: list[Request]) -> list[list[float]]:
+    return score_requests(model, tok, requests, batch_size=batch_size)
+
+
+def _lm_eval(model, tok, batch_size: int, requests: list[Request]) -> list[list[float]]:
+    return lm_eval_scores(model, tok, requests, batch_size)
+
+
+def run_one(fn, requests, gold, repeat: int, label: str) -> dict:
+    """Time ``fn(requests)`` after a short warm-up and print one line."""
+    fn(requests[:4])
+    scores, wall, cpu = timed(lambda: fn(requests), repeat)
     n = len(requests)
-    acc = sum(argmax(s) == g for s, g in zip(ours, gold, strict=True)) / n
-    print(
-        f"{label:10s} ours    {n / t_ours:7.2f} q/s  ({t_ours:6.1f} s, cpu {c_ours:6.1f} s)  "
-        f"acc={acc:.3f}"
-    )
-    result = {"ours_qps": n / t_ours, "preds": [argmax(s) for s in ours]}
-    if args.skip_lm_eval:
-        return result
-    lm_eval_scores(model, tok, requests[:4], args.lm_eval_batch_size)  # warm-up
-    ref, t_ref, c_ref = timed(
-        lambda: lm_eval_scores(model, tok, requests, args.lm_eval_batch_size), args.repeat
-    )
-    acc_ref = sum(argmax(s) == g for s, g in zip(ref, gold, strict=True)) / n
-    agree = sum(argmax(a) == argmax(b) for a, b in zip(ours, ref, strict=True)) / n
-    max_diff = max(
-        abs(x - y) for a, b in zip(ours, ref, strict=True) for x, y in zip(a, b, strict=True)
+    preds = [argmax(s) for s in scores]
+    acc = sum(p == g for p, g in zip(preds, gold, strict=True)) / n
+    print(f"{label:18s} {n / wall:7.2f} q/s  ({wall:6.1f} s, cpu {cpu:6.1f} s)  acc={acc:.3f}")
+    return {"wall": wall, "cpu": cpu, "scores": scores, "preds": preds}
+
+
+def compare(a: dict, b: dict, label: str) -> None:
+    """Agreement of predictions and speed-up of ``a`` over ``b``."""
+    agree = sum(x == y for x, y in zip(a["preds"], b["preds"], strict=True)) / len(a["preds"])
+    diff = max(
+        abs(x - y)
+        for sa, sb in zip(a["scores"], b["scores"], strict=True)
+        for x, y in zip(sa, sb, strict=True)
     )
     print(
-        f"{label:10s} lm-eval {n / t_ref:7.2f} q/s  ({t_ref:6.1f} s, cpu {c_ref:6.1f} s)  "
-        f"acc={acc_ref:.3f}  agreement={agree:.3f}  max|dLL|={max_diff:.1e}  "
-        f"speed-up={t_ref / t_ours:.2f}x (cpu {c_ref / c_ours:.2f}x)"
+        f"  {label:34s} agreement={agree:.3f}  max|dLL|={diff:.1e}  "
+        f"speed-up={b['wall'] / a['wall']:.2f}x (cpu {b['cpu'] / a['cpu']:.2f}x)"
     )
-    return result | {"lm_eval_qps": n / t_ref}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,11 +150,55 @@ def main(argv: list[str] | None = None) -> None:
     gold = [LETTERS.index(r[-1].strip()) for r in rows]
     tok = AutoTokenizer.from_pretrained(model_dir)
     print(f"model={model_dir} n={len(rows)} threads={torch.get_num_threads()}")
+    res: dict[tuple[str, str, str], dict] = {}
     for dtype in args.dtype:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()
-        for formulation in args.formulation:
-            requests = build_requests(rows, formulation)
-            bench_one(model, tok, requests, gold, args, f"{formulation}/{dtype}")
+        for form in args.formulation:
+            reqs = build_requests(rows, form)
+            ours = partial(_ours, model, tok, args.batch_size)
+            res[form, dtype, "ours"] = run_one(
+                ours, reqs, gold, args.repeat, f"{form}/{dtype} ours"
+            )
+            if args.skip_lm_eval:
+                continue
+            ref = partial(_lm_eval, model, tok, args.lm_eval_batch_size)
+            res[form, dtype, "lm-eval"] = run_one(
+                ref, reqs, gold, args.repeat, f"{form}/{dtype} lm-eval"
+            )
+    summarise(res, args)
+
+
+def summarise(res: dict, args: argparse.Namespace) -> None:
+    """Ours against lm-eval at the same dtype, ours in bf16 against fp32, and all formulations."""
+    print("summary")
+    for form in args.formulation:
+        for dtype in args.dtype:
+            if (form, dtype, "lm-eval") in res:
+                compare(
+                    res[form, dtype, "ours"],
+                    res[form, dtype, "lm-eval"],
+                    f"{form}/{dtype} ours vs lm-eval",
+                )
+        if {"fp32", "bf16"} <= set(args.dtype):
+            compare(
+                res[form, "bf16", "ours"],
+                res[form, "fp32", "ours"],
+                f"{form} ours bf16 vs ours fp32",
+            )
+            if (form, "fp32", "lm-eval") in res:
+                compare(
+                    res[form, "bf16", "ours"],
+                    res[form, "fp32", "lm-eval"],
+                    f"{form} ours bf16 vs lm-eval fp32",
+                )
+    for dtype in args.dtype:
+        runs = {
+            impl: [res[f, dtype, impl] for f in args.formulation] for impl in ("ours", "lm-eval")
+        }
+        if all((f, dtype, "lm-eval") in res for f in args.formulation):
+            wall = sum(r["wall"] for r in runs["lm-eval"]) / sum(r["wall"] for r in runs["ours"])
+            cpu = sum(r["cpu"] for r in runs["lm-eval"]) / sum(r["cpu"] for r in runs["ours"])
+            print(f"  all formulations, {dtype}: speed-up={wall:.2f}x (cpu {cpu:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from transformers import DynamicCache
 
 from cem.errors import CemError
 
+# A batch closes early rather than pad more than 10% over its real tokens.
+_PAD_SLACK = 1.1
 # Below this many tokens, a prefix common to a batch is not worth its own forward pass.
 _MIN_SHARED = 8
 
@@ -124,14 +126,13 @@ def score_requests_full(
         parts[u.req] += 1
     # Longest rows first, so that an out-of-memory error comes at once, not at the end;
     # rows of similar length share a batch, so that little of it is padding.
-    order = sorted(units, key=lambda u: -(len(u.ctx) + sum(len(c) - 1 for c in u.conts)))
+    order = sorted(units, key=lambda u: -_row_len(u))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # dropout (LoRA's included) would make scores random
     try:
         with torch.inference_mode(), _progress(progress, len(requests)) as advance:
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
+            for batch in _batches(order, batch_size):
                 sums = _score_batch(model, batch, device)
                 for u, unit_sums in zip(batch, sums, strict=True):
                     for opt, cont, value in zip(u.opts, u.conts, unit_sums, strict=True):
@@ -141,6 +142,29 @@ def score_requests_full(
     finally:
         model.train(was_training)
     return [Scored(ll, n) for ll, n in zip(logliks, n_tokens, strict=True)]
+
+
+def _row_len(u: _Unit) -> int:
+    return len(u.ctx) + sum(len(c) - 1 for c in u.conts)
+
+
+def _batches(order: list[_Unit], batch_size: int) -> Iterator[list[_Unit]]:
+    """Consecutive units, longest first, at most ``batch_size`` of them, closing a batch
+    early when padding would exceed ``_PAD_SLACK`` of its real tokens (the long tail)."""
+    batch: list[_Unit] = []
+    real = 0
+    for u in order:
+        n = _row_len(u)
+        if batch and (
+            len(batch) == batch_size
+            or (len(batch) + 1) * _row_len(batch[0]) > _PAD_SLACK * (real + n)
+        ):
+            yield batch
+            batch, real = [], 0
+        batch.append(u)
+        real += n
+    if batch:
+        yield batch
 
 
 def build_units(tokenizer, requests: list[Request], max_length: int) -> list[_Unit]:
