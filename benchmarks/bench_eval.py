@@ -1,9 +1,12 @@
-"""Questions per second of our scorer against lm-eval's HFLM on SmolLM2 and MMLU astronomy.
+"""Questions per second of our scorer against lm-eval's HFLM on SmolLM2.
 
 Both score the same requests (MCF: letters " A".." D"; CF: the option texts) with the
-same model object; the figures are printed, nothing is asserted.
+same model object; the figures are printed, nothing is asserted. The items are MMLU
+astronomy (long questions, lm-eval's own prompt) or the embedded ``world`` benchmark's
+exam and test sets rendered exactly as ``cem eval`` renders them (short cloze stems).
 
     .venv/bin/python benchmarks/bench_eval.py --n 150 --dtype fp32 bf16
+    .venv/bin/python benchmarks/bench_eval.py --benchmark world --n 400 --dtype fp32
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--formulation", nargs="+", choices=["mcf", "cf"], default=["mcf", "cf"])
     p.add_argument("--repeat", type=int, default=1, help="runs per timing; the best is kept")
     p.add_argument("--skip-lm-eval", action="store_true", help="time ours only")
+    p.add_argument("--benchmark", choices=["mmlu", "world"], default="mmlu",
+                   help="mmlu: astronomy test file; world: the default benchmark's exam+test")
     return p.parse_args(argv)
 
 
@@ -77,6 +82,21 @@ def build_requests(rows: list[list[str]], formulation: str) -> list[Request]:
         else:
             out.append(Request(f"Question: {question}\nAnswer:", [f" {t}" for t in options]))
     return out
+
+
+def world_items(n: int, formulation: str, tok) -> tuple[list[Request], list[int]]:
+    """The first ``n`` exam+test items of ``world`` (seed 0), rendered as ``cem eval`` does."""
+    from omegaconf import OmegaConf
+
+    from cem.benchmarks.registry import load_benchmark
+    from cem.config import BenchmarkConfig, EvalConfig
+    from cem.evaluation.evaluate import loglik_requests
+
+    bcfg = OmegaConf.merge(OmegaConf.structured(BenchmarkConfig), {"name": "world"})
+    ecfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"formulation": formulation})
+    sets = load_benchmark(bcfg)
+    items = (sets["exam"] + sets["test"])[:n]
+    return loglik_requests(items, tok, ecfg, bcfg), [it.answer for it in items]
 
 
 def lm_eval_scores(model, tok, requests: list[Request], batch_size: int) -> list[list[float]]:
@@ -146,15 +166,21 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     model_dir = args.model_dir or default_model_dir()
-    rows = load_rows(args.shared_dir, args.n)
-    gold = [LETTERS.index(r[-1].strip()) for r in rows]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    print(f"model={model_dir} n={len(rows)} threads={torch.get_num_threads()}")
+    if args.benchmark == "mmlu":
+        rows = load_rows(args.shared_dir, args.n)
+        gold = [LETTERS.index(r[-1].strip()) for r in rows]
+        make = partial(build_requests, rows)
+    else:
+        gold = world_items(args.n, "cf", tok)[1]
+        make = lambda form: world_items(args.n, form, tok)[0]  # noqa: E731
+    print(f"model={model_dir} benchmark={args.benchmark} n={len(gold)} "
+          f"threads={torch.get_num_threads()}")
     res: dict[tuple[str, str, str], dict] = {}
     for dtype in args.dtype:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()
         for form in args.formulation:
-            reqs = build_requests(rows, form)
+            reqs = make(form)
             ours = partial(_ours, model, tok, args.batch_size)
             res[form, dtype, "ours"] = run_one(
                 ours, reqs, gold, args.repeat, f"{form}/{dtype} ours"

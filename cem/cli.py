@@ -41,6 +41,7 @@ USAGE = """usage: cem <command> [key=value ...]
 
 commands:
 {commands}
+  report     a sweep's runs as one table: cem report multirun/<table> (cem report --help)
   assets     fetch, list or verify the offline assets (cem assets --help)
 
 Hydra options work after the command: `cem eval --cfg job` prints the composed config,
@@ -102,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             from cem.assets.cli import main as assets_main
 
             return assets_main(rest)
+        if command == "report":
+            from cem.loop.report import main as report_main
+
+            return report_main(rest)
         if command not in HYDRA_COMMANDS:
-            known = ", ".join([*HYDRA_COMMANDS, "assets"])
+            known = ", ".join([*HYDRA_COMMANDS, "report", "assets"])
             raise CemError(
                 f"unknown command {command!r}; known commands: {known} (try `cem --help`)"
             )

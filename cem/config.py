@@ -45,6 +45,9 @@ class BenchmarkConfig:
     set_name: str = "exam"  # which set a loaded file counts as
     limit: int | None = None  # keep the first N items of each set
     skip_bad_rows: bool = False  # skip malformed rows and report how many, instead of failing
+    # File benchmarks only: split the loaded items (per subject, seeded by ``seed``) into
+    # pool / exam / test with pool_fraction and exam_fraction, as ``cem run`` needs.
+    split: bool = False
     formulation: str = "cf"  # the benchmark's default: mcf | cf (chosen on the instruction pool)
     instruction: str = ""  # optional line put before every MCF question
     answer_cue: str = "Answer:"
@@ -114,6 +117,10 @@ class KnowledgeConfig:
         MISSING  # wiki_offline | wiki_dense | local_corpus | wikipedia_api | web_search | mix
     )
     sources: list[SourceConfig] = field(default_factory=list)
+    # Where the CPT passages come from: mistakes (CEM: retrieved for this round's mistakes),
+    # random (random corpus passages with the token count CEM's retrieval kept; a baseline)
+    # or full (every passage of the corpus; the full-corpus CPT baseline).
+    passages: str = "mistakes"
     extractor: str = "rule"  # rule | llm: how mistakes become search queries
     extractor_model: str | None = None  # llm extractor: local folder or hub id of an instruct model
     extractor_max_new_tokens: int = 64
@@ -320,6 +327,7 @@ class LoopConfig:
     """How many rounds ``cem run`` makes and when it stops early (METHOD.md, step 7)."""
 
     rounds: int = 2  # rounds of evaluate -> mistakes -> retrieve -> build -> train
+    baseline: str = "none"  # none (CEM) | random_cpt | full_corpus_cpt | cit_only: a label set by baseline=
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     patience: int | None = 1  # stop after this many rounds without exam gain; null: never
     min_delta: float = 0.0  # an exam accuracy rise must exceed this to count as a gain

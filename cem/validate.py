@@ -18,6 +18,8 @@ MCF_TARGETS = ("letter", "text")
 EVAL_MODES = ("loglik", "generate")
 DTYPES = ("float32", "bfloat16", "float16")
 KEYPOINT_EXTRACTORS = ("rule", "llm")
+PASSAGE_MODES = ("mistakes", "random", "full")
+BASELINES = ("none", "random_cpt", "full_corpus_cpt", "cit_only")
 BENCHMARKS = ("world", "xiezhi", "mmlu", "ceval", "jsonl", "parquet")
 LOGGERS = ("wandb", "csv")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -79,12 +81,14 @@ def check_benchmark(b: DictConfig) -> list[str]:
         )
     if b.limit is not None:
         problems.append(at_least("benchmark.limit", b.limit, 1, 100))
+    if b.name == "world" or b.split:
+        problems += _check_split(b)
     if b.name == "world":
         problems += _check_world(b)
     return [p for p in problems if p]
 
 
-def _check_world(b: DictConfig) -> list[str]:
+def _check_split(b: DictConfig) -> list[str]:
     problems = [
         in_unit("benchmark.pool_fraction", b.pool_fraction, 0.2, open_low=True),
         in_unit("benchmark.exam_fraction", b.exam_fraction, 0.4, open_low=True),
@@ -94,6 +98,11 @@ def _check_world(b: DictConfig) -> list[str]:
             "benchmark.pool_fraction + benchmark.exam_fraction must be < 1 so the test set is "
             f"not empty; got {b.pool_fraction} + {b.exam_fraction} (try benchmark.exam_fraction=0.4)"
         )
+    return problems
+
+
+def _check_world(b: DictConfig) -> list[str]:
+    problems = []
     for r in b.relations:
         problems.append(choice("benchmark.relations", r, WORLD_RELATIONS))
     if not b.relations:
@@ -128,6 +137,7 @@ def validate(cfg: DictConfig, checks: dict[str, Callable[[DictConfig], list[str]
 def check_knowledge(k: DictConfig) -> list[str]:
     problems = [
         choice("knowledge.extractor", k.extractor, KEYPOINT_EXTRACTORS),
+        choice("knowledge.passages", k.passages, PASSAGE_MODES),
         at_least("knowledge.queries_per_mistake", k.queries_per_mistake, 1, 2),
         at_least("knowledge.top_k_per_mistake", k.top_k_per_mistake, 1, 3),
         at_least("knowledge.passage_tokens", k.passage_tokens, 16, 256),
@@ -167,6 +177,7 @@ RETRIEVE_CHECKS = {
 def check_loop(loop: DictConfig) -> list[str]:
     problems = [
         at_least("loop.rounds", loop.rounds, 1, 2),
+        choice("loop.baseline", loop.baseline, BASELINES),
         at_least("loop.min_delta", loop.min_delta, 0, 0.0),
     ]
     if loop.patience is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
+from dataclasses import replace
 
 from omegaconf import DictConfig
 
@@ -57,9 +59,37 @@ def load_benchmark(b: DictConfig) -> dict[str, list[MCItem]]:
     told) for rows that name none.
     """
     sets = load_world(b) if b.name == "world" else load_files(b)
+    if b.name != "world" and b.split:
+        sets = split_sets(sets, b.seed, b.pool_fraction, b.exam_fraction)
     if b.limit is not None:
         sets = {name: items[: b.limit] for name, items in sets.items()}
     return sets
+
+
+def split_sets(
+    sets: dict[str, list[MCItem]], seed: int, pool_fraction: float, exam_fraction: float
+) -> dict[str, list[MCItem]]:
+    """Every loaded item, re-split into ``pool``, ``exam`` and ``test`` (``benchmark.split``).
+
+    Per subject, the items are shuffled with a generator seeded by (seed, subject); the
+    first ``pool_fraction`` go to the instruction pool, the next ``exam_fraction`` to the
+    exam set E and the rest to the held-out test set T. Every subject thus appears in E
+    and T alike, and the split depends on nothing but the seed and the items.
+    """
+    by_subject: dict[str, list[MCItem]] = {}
+    for items in sets.values():
+        for item in items:
+            by_subject.setdefault(item.subject, []).append(item)
+    out: dict[str, list[MCItem]] = {"pool": [], "exam": [], "test": []}
+    for subject in sorted(by_subject):
+        items = sorted(by_subject[subject], key=lambda it: it.id)
+        random.Random(f"{seed}:{subject}").shuffle(items)
+        n_pool = round(pool_fraction * len(items))
+        n_exam = round(exam_fraction * len(items))
+        for i, item in enumerate(items):
+            name = "pool" if i < n_pool else "exam" if i < n_pool + n_exam else "test"
+            out[name].append(replace(item, set=name))
+    return out
 
 
 def select_sets(sets: dict[str, list[MCItem]], wanted: list[str] | None) -> dict[str, list[MCItem]]:

@@ -136,6 +136,18 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
                                  cfg.knowledge.leak_ngram)  # fmt: skip
     kept, clean = clean_passages(passages, guard, cfg.knowledge, count)
     seconds["clean"] = time.perf_counter() - t
+    baseline = None
+    if cfg.knowledge.passages != "mistakes":
+        from cem.knowledge.baselines import baseline_passages
+
+        t = time.perf_counter()
+        cem_tokens = sum(count(p.text) for p in kept)
+        kept, baseline = baseline_passages(
+            cfg.knowledge.passages, source, cem_tokens, guard, cfg.knowledge.passage_tokens,
+            count, seed=f"{cfg.seed}:{run_dir.name}",
+        )  # fmt: skip
+        baseline = {"mode": cfg.knowledge.passages, "cem_tokens": cem_tokens, **baseline}
+        seconds["baseline"] = time.perf_counter() - t
     stats = {
         "source": cfg.knowledge.name,
         "mistakes": len(mistakes),
@@ -151,6 +163,8 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
         "source_stats": source.stats.to_dict(),
         "seconds": seconds,
     }
+    if baseline is not None:  # the CPT text is not the mistakes' passages but a baseline's
+        stats["baseline"] = baseline
     out = run_dir / "knowledge"
     write_jsonl(out / "knowledge.jsonl", [p.to_dict() for p in kept])
     write_json(out / "stats.json", stats)
