@@ -21,7 +21,7 @@ assets: setup
 	$(BIN)/cem assets fetch
 
 demo: assets
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/cem eval
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/cem run
 
 test: setup
 	$(BIN)/cem assets fetch $(DATA_ASSETS)

@@ -43,8 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--formulation", nargs="+", choices=["mcf", "cf"], default=["mcf", "cf"])
     p.add_argument("--repeat", type=int, default=1, help="runs per timing; the best is kept")
     p.add_argument("--skip-lm-eval", action="store_true", help="time ours only")
-    p.add_argument("--benchmark", choices=["mmlu", "world"], default="mmlu",
-                   help="mmlu: astronomy test file; world: the default benchmark's exam+test")
+    p.add_argument(
+        "--benchmark",
+        choices=["mmlu", "world"],
+        default="mmlu",
+        help="mmlu: astronomy test file; world: the default benchmark's exam+test",
+    )
     return p.parse_args(argv)
 
 
@@ -174,8 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         gold = world_items(args.n, "cf", tok)[1]
         make = lambda form: world_items(args.n, form, tok)[0]  # noqa: E731
-    print(f"model={model_dir} benchmark={args.benchmark} n={len(gold)} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"model={model_dir} benchmark={args.benchmark} n={len(gold)} "
+        f"threads={torch.get_num_threads()}"
+    )
     res: dict[tuple[str, str, str], dict] = {}
     for dtype in args.dtype:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()

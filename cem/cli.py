@@ -69,15 +69,22 @@ def _finish_wandb() -> None:
 
 
 def run_hydra(command: str, overrides: list[str]) -> None:
-    """Compose ``conf/<command>.yaml`` with the overrides and run the command's task."""
-    import hydra
+    """Compose ``conf/<command>.yaml`` with the overrides and run the command's task.
+
+    ``sys.argv`` is left as the user typed it (``cem train key=value ...``): Lightning's
+    DDP launcher re-runs that command line once per extra rank, so it must stay runnable.
+    Hydra therefore gets the overrides explicitly rather than through ``@hydra.main``,
+    which would parse ``sys.argv``.
+    """
+    from hydra import version
+    from hydra._internal.utils import _run_hydra, get_args_parser
 
     from cem.config import register_configs
 
+    version.setbase("1.3")
     register_configs()
     task = _load(HYDRA_COMMANDS[command][0])
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)
     def _app(cfg: DictConfig) -> None:
         try:
             task(cfg)
@@ -87,8 +94,11 @@ def run_hydra(command: str, overrides: list[str]) -> None:
         finally:
             _finish_wandb()
 
-    sys.argv = [f"cem {command}", *overrides]
-    _app()
+    parser = get_args_parser()
+    parser.prog = f"cem {command}"
+    args = parser.parse_args(overrides)
+    _run_hydra(args=args, args_parser=parser, task_function=_app,
+               config_path=str(conf_dir()), config_name=command)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

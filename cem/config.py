@@ -160,7 +160,9 @@ class NormativeConfig(InstructionTypeConfig):
 class ExtractiveConfig(InstructionTypeConfig):
     """Reading comprehension on the retrieved passages, aimed at the missing fact."""
 
+    # cloze: blank the span; llm: knowledge.extractor_model writes a question (cloze on rejects)
     question_source: str = "cloze"  # cloze | llm
+    llm_max_new_tokens: int = 48  # question_source=llm: greedy tokens per question
     paraphrases: int = 2  # question wordings per fact
     open_book: bool = True  # passage in context
     closed_book: bool = True  # no context
@@ -327,7 +329,9 @@ class LoopConfig:
     """How many rounds ``cem run`` makes and when it stops early (METHOD.md, step 7)."""
 
     rounds: int = 2  # rounds of evaluate -> mistakes -> retrieve -> build -> train
-    baseline: str = "none"  # none (CEM) | random_cpt | full_corpus_cpt | cit_only: a label set by baseline=
+    baseline: str = (
+        "none"  # none (CEM) | random_cpt | full_corpus_cpt | cit_only: a label set by baseline=
+    )
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     patience: int | None = 1  # stop after this many rounds without exam gain; null: never
     min_delta: float = 0.0  # an exam accuracy rise must exceed this to count as a gain

@@ -262,17 +262,19 @@ def load_path(
     set_name: str = "exam",
     skip_bad_rows: bool = False,
     limit: int | None = None,
+    recursive: bool = False,
 ) -> LoadResult:
     """Load a benchmark file, or every file of the format in a folder.
 
     Args:
         path: a file, or a folder whose matching files (``.jsonl`` for jsonl/xiezhi,
             ``.csv`` for mmlu/ceval, ``.parquet``/``.arrow`` for parquet) are read in
-            sorted order; subfolders are not searched.
+            sorted order; subfolders are searched only when ``recursive``.
         fmt: one of :data:`FORMATS`.
         set_name: the ``set`` given to the items.
         skip_bad_rows: leave bad rows out and list them in ``skipped`` instead of raising.
         limit: keep only the first ``limit`` items (files after that are not read).
+        recursive: also read the files of every subfolder (``dev/``, ``val/``, ``test/``).
 
     Raises:
         DataError: as :func:`load_file`; also for a folder without matching files and for
@@ -284,7 +286,7 @@ def load_path(
         raise ConfigError(
             "benchmark.limit", limit, "must be a positive integer or null", "benchmark.limit=100"
         )
-    files = _folder_files(p, spec, fmt) if p.is_dir() else [p]
+    files = _folder_files(p, spec, fmt, recursive) if p.is_dir() else [p]
     result, seen = LoadResult(), {}
     for f in files:
         _load_into(result, seen, f, spec, set_name, skip_bad_rows, limit)
@@ -295,11 +297,11 @@ def load_path(
     return result
 
 
-def _folder_files(folder: Path, spec: Format, fmt: str) -> list[Path]:
+def _folder_files(folder: Path, spec: Format, fmt: str, recursive: bool = False) -> list[Path]:
     """The folder's files with the format's suffixes, sorted; an error when there are none."""
     files = sorted(
         f
-        for f in folder.iterdir()
+        for f in (folder.rglob("*") if recursive else folder.iterdir())
         if f.is_file() and f.suffix in spec.suffixes and not f.name.startswith(".")
     )
     if files:
@@ -310,7 +312,8 @@ def _folder_files(folder: Path, spec: Format, fmt: str) -> list[Path]:
         for d in folder.iterdir()
         if d.is_dir() and any(d.glob(f"*{s}") for s in spec.suffixes)
     )
-    hint = f"; subfolders are not searched: point benchmark.path at one of {subs}" if subs else ""
+    hint = (f"; subfolders are not searched: point benchmark.path at one of {subs}, or read "
+            "them all with benchmark.split=true") if subs else ""  # fmt: skip
     raise DataError(folder, None, f"no {pattern} file in this folder for format {fmt}{hint}")
 
 

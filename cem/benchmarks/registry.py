@@ -35,7 +35,9 @@ def load_world(b: DictConfig) -> dict[str, list[MCItem]]:
 def load_files(b: DictConfig) -> dict[str, list[MCItem]]:
     from cem.benchmarks.loaders import load_path
 
-    result = load_path(b.path, b.name, set_name=b.set_name, skip_bad_rows=b.skip_bad_rows)
+    result = load_path(
+        b.path, b.name, set_name=b.set_name, skip_bad_rows=b.skip_bad_rows, recursive=b.split
+    )  # the split reads dev/, val/ and test/ alike
     if result.skipped:
         first = result.skipped[0]
         log.warning(

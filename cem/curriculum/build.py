@@ -46,10 +46,9 @@ def check_instructions(ins: DictConfig) -> list[str]:
     problems.append(
         choice("instructions.extractive.question_source", e.question_source, QUESTION_SOURCES)
     )
-    if e.enabled and e.question_source == "llm":
+    if e.question_source == "llm":
         problems.append(
-            "instructions.extractive.question_source=llm is not available yet "
-            "(try instructions.extractive.question_source=cloze)"
+            at_least("instructions.extractive.llm_max_new_tokens", e.llm_max_new_tokens, 1, 48)
         )
     if not 1 <= e.paraphrases <= MAX_PARAPHRASES:
         problems.append(
@@ -87,6 +86,14 @@ def check_build(cfg: DictConfig) -> list[str]:
         at_least("round", cfg.round, 1, 1),
         at_least("knowledge.leak_ngram", cfg.knowledge.leak_ngram, 1, 13),
     ]
+    e = cfg.instructions.extractive
+    if e.enabled and e.question_source == "llm" and not cfg.knowledge.extractor_model:
+        problems.append(
+            "knowledge.extractor_model must name an instruct model for "
+            "instructions.extractive.question_source=llm (try knowledge.extractor_model="
+            "Qwen/Qwen2-7B-Instruct or a local folder, or "
+            "instructions.extractive.question_source=cloze)"
+        )
     if mix.max_tokens is not None:
         problems.append(at_least("mix.max_tokens", mix.max_tokens, 1, 100000))
     if p in ("parallel", "sequential") and mix.cit_ratio == 1:
@@ -275,8 +282,13 @@ def build_candidates(
     passages: list[Passage],
     earlier: list[Earlier],
     renderer: Renderer,
+    counts: dict | None = None,
 ) -> tuple[list[Row], dict[str, list[Row]]]:
-    """Every CPT row and every row of each enabled CIT type, before filtering and mixing."""
+    """Every CPT row and every row of each enabled CIT type, before filtering and mixing.
+
+    ``counts``, when given, receives the extractive LLM question counts
+    (``question_source=llm``: ``extractive_llm_questions``, ``extractive_llm_fallbacks``...).
+    """
     from cem.curriculum.extractive import extractive_rows
     from cem.curriculum.general import general_rows
     from cem.curriculum.normative import normative_items, normative_rows
@@ -292,7 +304,16 @@ def build_candidates(
             mcf_target=cfg.eval.mcf_target,
         )  # fmt: skip
     if ins.extractive.enabled:
-        cit["extractive"] = extractive_rows(mistakes, passages, ins.extractive, renderer, rnd)
+        generate = None
+        if ins.extractive.question_source == "llm":
+            from cem.knowledge.retrieve import extractor_generate
+
+            generate = extractor_generate(
+                cfg.knowledge.extractor_model, ins.extractive.llm_max_new_tokens
+            )
+        cit["extractive"] = extractive_rows(
+            mistakes, passages, ins.extractive, renderer, rnd, generate=generate, stats=counts
+        )
     if ins.review.enabled:
         old = [(e.passages, e.mistakes) for e in earlier]
         cit["review"] = review_rows(passages, mistakes, old, ins.review, renderer, rnd, cfg.seed)
@@ -332,7 +353,8 @@ def run_build(
     earlier = load_earlier(earlier_rounds, need_rows=cfg.replay.fraction > 0)
     sets = by_set(load_benchmark(cfg.benchmark))
     renderer = Renderer(load_tokenizer(cfg.model), cfg.instructions.chat_template)
-    cpt, cit = build_candidates(cfg, sets, mistakes, passages, earlier, renderer)
+    extractive_counts: dict = {}  # question_source=llm: questions and cloze fallbacks
+    cpt, cit = build_candidates(cfg, sets, mistakes, passages, earlier, renderer, extractive_counts)
     replay = replay_rows([r for e in earlier for r in e.rows], cfg.replay.fraction, cfg.replay.seed)
     replay += correct_item_rows(run_dir, sets, cfg)
     for rows in (cpt, replay, *cit.values()):
@@ -354,6 +376,7 @@ def run_build(
             f"no training rows for {run_dir}: check mistakes and knowledge, or use instructions=all"
         )
     stats = _stats(cfg, rows, budget, cit, drops, earlier, passages, mistakes)
+    stats.update(extractive_counts)  # per fact, before the leak guard and mixing
     path = write_train_set(run_dir, rows, stats)
     console.print(
         f"[bold]cem build[/] round {cfg.round}: {len(rows)} rows, "

@@ -2,23 +2,41 @@
 
 For each mistake and each passage retrieved for it, the *fact sentences* are those that
 hold the gold answer (``gold_text``); a passage without it gives its one sentence with the
-most query keywords. The question is a cloze that blanks the gold answer (else the
-keyword) and the answer is that span. A probe found that clozes on random spans never
-hit the missing fact, so spans are never chosen at random.
+most query keywords. The answer is that span (the gold answer, else the keyword). A probe
+found that clozes on random spans never hit the missing fact, so spans are never chosen
+at random.
+
+The question comes from ``extractive.question_source``:
+
+- ``cloze`` (the default, offline): the sentence with the span blanked.
+- ``llm``: the LLM extractor (``knowledge.extractor_model``, the instruct model that
+  ``knowledge.extractor=llm`` uses) writes, for each fact, a question whose answer is the
+  span, given the passage topic, the sentence and the span (greedy, at most
+  ``extractive.llm_max_new_tokens`` new tokens). The first line of the reply that ends
+  with "?" is taken, without quotes, list marks or a "Question:" prefix. A reply without
+  one, or whose question is too short, too long, states the span (whole words, any case)
+  or shares no content word with the sentence and topic, falls back to the cloze for that
+  fact; ``extractive_rows(stats=...)`` counts the questions and the fallbacks (per fact,
+  by reason), which ``cem build`` writes to ``train_set/stats.json``. Turn it on with
+  ``instructions.extractive.question_source=llm knowledge.extractor_model=<folder or hub
+  id>``. The builder takes ``generate(prompts) -> replies`` so tests need no model.
 
 Each fact gets an open-book form (the passage in context) and a closed-book form (the
-sentence alone, introduced by its topic), each in ``extractive.paraphrases`` wordings.
+question alone, introduced by its topic), each in ``extractive.paraphrases`` wordings.
+Every row still passes the heldout leak guard of ``cem build``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
 from cem.curriculum.render import Renderer, Row
+from cem.errors import CemError
 from cem.knowledge.keypoints import content_words
 from cem.knowledge.types import Passage
 
@@ -35,7 +53,31 @@ CLOSED_BOOK = (
     "What word or phrase completes this statement about {topic}?\n{cloze}",
     "Complete the sentence ({topic}): {cloze}",
 )
-MAX_PARAPHRASES = min(len(OPEN_BOOK), len(CLOSED_BOOK))
+# The same wordings around a question the LLM wrote (question_source=llm).
+OPEN_BOOK_QUESTION = (
+    "Read the passage, then answer the question.\n\nPassage: {passage}\n\nQuestion: {question}",
+    "{passage}\n\nAccording to the text above: {question}",
+    "Passage:\n{passage}\n\nAnswer with words from the passage: {question}",
+)
+CLOSED_BOOK_QUESTION = (
+    "Answer this question about {topic}: {question}",
+    "A question about {topic}. Answer with a word or short phrase.\n{question}",
+    "Answer the question ({topic}): {question}",
+)
+MAX_PARAPHRASES = min(map(len, (OPEN_BOOK, CLOSED_BOOK, OPEN_BOOK_QUESTION, CLOSED_BOOK_QUESTION)))
+
+QUESTION_PROMPT = (
+    "Here is a sentence about {topic}.\nSentence: {sentence}\n\n"
+    'Write one question about {topic} whose answer is exactly "{answer}", using only what '
+    "the sentence says. The question must make sense without the sentence and must not "
+    'contain "{answer}". Reply with the question only.'
+)
+MIN_QUESTION_WORDS, MAX_QUESTION_WORDS = 3, 40
+# A reply line's list mark or numbering, a "Question:" / "Q1." label, and the quotes around it.
+_LIST_MARK = re.compile(r"^(?:[-*\u2022>]+|\d+[.)])\s*")
+_LABEL = re.compile(r"^(?:question|q)\s*\d*\s*[:.)\-\uff1a]\s*", re.IGNORECASE)
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb "
+Generate = Callable[[list[str]], list[str]]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -99,14 +141,90 @@ def topic_of(passage: Passage, mistake: dict) -> str:
     return passage.title or (keywords[0] if keywords else passage.doc_id)
 
 
+def question_of(reply: str) -> str | None:
+    """The first line of an LLM reply that ends with "?", cleaned; None without one."""
+    for line in reply.splitlines():
+        q = line.strip().replace("**", "").replace("__", "")
+        q = _LIST_MARK.sub("", q)
+        for _ in range(2):  # 'Question: "What ...?"' and '"Question: What ...?"'
+            q = _LABEL.sub("", q.strip(_QUOTES)).strip(_QUOTES)
+        if q.endswith("?"):
+            return q
+    return None
+
+
+def check_question(reply: str, fact: Fact, topic: str) -> tuple[str | None, str]:
+    """``(question, "ok")`` for a usable LLM question, else ``(None, why)``.
+
+    ``why`` is ``empty``, ``no_question`` (no line ends with "?"), ``too_short``,
+    ``too_long`` (word counts outside ``MIN_QUESTION_WORDS``..``MAX_QUESTION_WORDS``),
+    ``leaks_answer`` (the span in the question, whole words, any case) or ``off_topic``
+    (no content word shared with the sentence or the topic).
+    """
+    if not reply.strip():
+        return None, "empty"
+    q = question_of(reply)
+    if q is None:
+        return None, "no_question"
+    n = len(q.split())
+    if n < MIN_QUESTION_WORDS:
+        return None, "too_short"
+    if n > MAX_QUESTION_WORDS:
+        return None, "too_long"
+    if find_span(q, fact.answer):
+        return None, "leaks_answer"
+    about = {w.lower() for w in content_words(f"{fact.sentence} {topic}")}
+    about -= {w.lower() for w in content_words(fact.answer)}
+    if not about & {w.lower() for w in content_words(q)}:
+        return None, "off_topic"
+    return q, "ok"
+
+
+def llm_questions(
+    facts: Sequence[tuple[Fact, str]], generate: Generate
+) -> tuple[list[str | None], dict]:
+    """The LLM's question for each ``(fact, topic)``, None where the cloze stands in.
+
+    Each distinct prompt is asked once. Returns the questions and the counts
+    ``extractive_llm_questions``, ``extractive_llm_fallbacks`` and
+    ``extractive_llm_fallback_reasons`` (per fact).
+    """
+    prompts = [
+        QUESTION_PROMPT.format(topic=topic, sentence=f.sentence, answer=f.answer)
+        for f, topic in facts
+    ]
+    unique = list(dict.fromkeys(prompts))
+    replies = list(generate(unique)) if unique else []
+    if len(replies) != len(unique):
+        raise CemError(
+            f"the extractive question generator answered {len(replies)} of {len(unique)} prompts"
+        )
+    reply_of = dict(zip(unique, replies, strict=True))
+    questions, why = [], Counter()
+    for (fact, topic), prompt in zip(facts, prompts, strict=True):
+        q, reason = check_question(reply_of[prompt], fact, topic)
+        questions.append(q)
+        if q is None:
+            why[reason] += 1
+    counts = {
+        "extractive_llm_questions": sum(q is not None for q in questions),
+        "extractive_llm_fallbacks": sum(why.values()),
+        "extractive_llm_fallback_reasons": dict(sorted(why.items())),
+    }
+    return questions, counts
+
+
 def extractive_rows(
     mistakes: Sequence[dict],
     passages: Iterable[Passage],
     cfg: DictConfig,
     renderer: Renderer,
     round_: int,
+    *,
+    generate: Generate | None = None,
+    stats: dict | None = None,
 ) -> list[Row]:
-    """Open- and closed-book cloze rows for every fact of every mistake's passages.
+    """Open- and closed-book rows for every fact of every mistake's passages.
 
     Args:
         mistakes: this round's mistakes (``mistakes.jsonl`` rows).
@@ -114,30 +232,59 @@ def extractive_rows(
         cfg: the ``instructions.extractive`` config.
         renderer: renders the instruction with the chat or plain template.
         round_: the round being built.
+        generate: ``question_source=llm``: user prompts -> the LLM's replies, in order
+            (``cem.knowledge.retrieve.extractor_generate``, or canned replies in tests).
+        stats: ``question_source=llm``: updated with the question and fallback counts.
+
+    Raises:
+        CemError: ``question_source=llm`` without ``generate``.
     """
     by_mistake: dict[str, list[Passage]] = {}
     for p in passages:
         for mid in p.mistake_ids:
             by_mistake.setdefault(mid, []).append(p)
-    rows = []
+    facts = []
     for mistake in mistakes:
         for passage in by_mistake.get(mistake["id"], []):
-            for fact in facts_of(mistake, passage):
-                rows += _fact_rows(
-                    fact, topic_of(passage, mistake), mistake["id"], cfg, renderer, round_
-                )
+            topic = topic_of(passage, mistake)
+            facts += [(fact, topic, mistake["id"]) for fact in facts_of(mistake, passage)]
+    questions: list[str | None] = [None] * len(facts)
+    if cfg.question_source == "llm":
+        if generate is None:
+            raise CemError(
+                "instructions.extractive.question_source=llm needs the LLM extractor "
+                "(set knowledge.extractor_model, or use question_source=cloze)"
+            )
+        questions, counts = llm_questions([(f, t) for f, t, _ in facts], generate)
+        if stats is not None:
+            stats.update(counts)
+    rows = []
+    for (fact, topic, mistake_id), question in zip(facts, questions, strict=True):
+        rows += _fact_rows(fact, topic, mistake_id, cfg, renderer, round_, question)
     return rows
 
 
 def _fact_rows(
-    fact: Fact, topic: str, mistake_id: str, cfg: DictConfig, renderer: Renderer, round_: int
+    fact: Fact,
+    topic: str,
+    mistake_id: str,
+    cfg: DictConfig,
+    renderer: Renderer,
+    round_: int,
+    question: str | None = None,
 ) -> list[Row]:
+    """The fact's rows: the LLM's ``question`` in the question wordings, else the cloze."""
+    open_book, closed_book = (
+        (OPEN_BOOK_QUESTION, CLOSED_BOOK_QUESTION) if question else (OPEN_BOOK, CLOSED_BOOK)
+    )
+    fields = {"passage": fact.passage.text, "topic": topic, "cloze": fact.cloze,
+              "question": question}  # fmt: skip
     users = []
     for i in range(cfg.paraphrases):
         if cfg.open_book:
-            users.append(OPEN_BOOK[i].format(passage=fact.passage.text, cloze=fact.cloze))
+            users.append(open_book[i].format(**fields))
         if cfg.closed_book:
-            users.append(CLOSED_BOOK[i].format(topic=topic, cloze=fact.cloze))
+            users.append(closed_book[i].format(**fields))
     rows = []
     for user in users:
         prompt, response = renderer.instruction(user, fact.answer)

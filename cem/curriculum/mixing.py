@@ -104,6 +104,11 @@ def sample_cit(
     return chosen
 
 
+class NoCptText(ConfigError):
+    """The paradigm needs CPT text but the round has none (nothing retrieved, or every
+    passage dropped); ``cem run`` stops there, ``cem build`` reports it."""
+
+
 def select(
     cpt: Sequence[Row],
     cit_by_type: Mapping[str, Sequence[Row]],
@@ -130,7 +135,7 @@ def select(
         cit = sample_cit(cit_by_type, shares, cap, rng) if cap else list(all_cit)
         return cit, _budget(cpt, [], cit, tokens_of(cit), cit_by_type, shares)
     if not cpt:
-        raise ConfigError(
+        raise NoCptText(
             "paradigm",
             paradigm,
             f"needs CPT passages (mix.cit_ratio={r}) but the knowledge file has none left",

@@ -12,7 +12,6 @@ Normative rows never come through here: they copy the evaluation prompt byte for
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -42,20 +42,46 @@ def extract_keypoints(mistakes: list[dict], kcfg: DictConfig) -> list[KeyPoints]
 
 def llm_replies(mistakes: list[dict], kcfg: DictConfig) -> list[str]:
     """Ask the extractor model for each mistake's keywords (greedy, batched)."""
-    from cem.config import ModelConfig
-    from cem.evaluation.evaluate import chat_wrap
-    from cem.evaluation.generate import generate_texts
     from cem.knowledge.keypoints import LLM_PROMPT
-    from cem.models import load_model
 
-    mcfg = ModelConfig(name="extractor", path=kcfg.extractor_model, dtype="bfloat16", chat=True)
-    model, tok = load_model(mcfg)
-    prompts = [
-        chat_wrap(tok, LLM_PROMPT.format(question=m["question"], answer=m["gold_text"]))
-        for m in mistakes
-    ]
-    return generate_texts(model, tok, prompts, max_new_tokens=kcfg.extractor_max_new_tokens,
-                          batch_size=8)  # fmt: skip
+    generate = extractor_generate(kcfg.extractor_model, kcfg.extractor_max_new_tokens)
+    return generate(
+        [LLM_PROMPT.format(question=m["question"], answer=m["gold_text"]) for m in mistakes]
+    )
+
+
+def extractor_generate(
+    model_path: str, max_new_tokens: int, batch_size: int = 8
+) -> Callable[[list[str]], list[str]]:
+    """A ``generate(prompts) -> replies`` over the LLM extractor (``knowledge.extractor_model``).
+
+    Each prompt is one user turn, wrapped in the model's chat template; the replies are
+    greedy and batched. The model (a local folder or hub id, loaded in bfloat16) is loaded
+    on the first call with prompts and kept for later calls, so a builder that ends up
+    with nothing to ask loads nothing. Used by the knowledge-point extractor
+    (``knowledge.extractor=llm``) and the extractive questions
+    (``instructions.extractive.question_source=llm``).
+    """
+    loaded: list = []
+
+    def generate(prompts: list[str]) -> list[str]:
+        if not prompts:
+            return []
+        from cem.evaluation.evaluate import chat_wrap
+        from cem.evaluation.generate import generate_texts
+
+        if not loaded:
+            from cem.config import ModelConfig
+            from cem.models import load_model
+
+            mcfg = ModelConfig(name="extractor", path=model_path, dtype="bfloat16", chat=True)
+            loaded.extend(load_model(mcfg))
+        model, tok = loaded
+        wrapped = [chat_wrap(tok, p) for p in prompts]
+        return generate_texts(model, tok, wrapped, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size)  # fmt: skip
+
+    return generate
 
 
 def retrieve_passages(source, mistakes: list[dict], kps: list[KeyPoints], k: int) -> list[Passage]:

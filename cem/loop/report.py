@@ -43,7 +43,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 class Run:
     path: Path
     summary: dict
-    overrides: dict[str, str]
+    overrides: dict[str, str] | None  # None: not a sweep job (no .hydra/overrides.yaml)
 
 
 @dataclass
@@ -71,13 +71,13 @@ def find_runs(root: Path) -> list[Run]:
     return runs
 
 
-def _overrides(folder: Path) -> dict[str, str]:
-    """The job's own Hydra overrides, ``key -> value`` (empty for a run made without them)."""
+def _overrides(folder: Path) -> dict[str, str] | None:
+    """The job's own Hydra overrides, ``key -> value`` (None for a run made outside Hydra)."""
     from omegaconf import OmegaConf
 
     path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
-        return {}
+        return None
     out = {}
     for item in OmegaConf.to_container(OmegaConf.load(path)):
         key, _, value = str(item).lstrip("+~").partition("=")
@@ -92,15 +92,16 @@ def group(runs: list[Run]) -> tuple[list[Variant], dict[str, str]]:
     Runs without overrides (made one by one, not by a sweep) are told apart by their folder
     name. The protocol always splits variants, so that retest and heldout never pool.
     """
-    keys = sorted({k for r in runs for k in r.overrides})
-    shared = {k: runs[0].overrides[k] for k in keys
-              if all(r.overrides.get(k) == runs[0].overrides.get(k) for r in runs)}  # fmt: skip
+    given = [r.overrides or {} for r in runs]
+    keys = sorted({k for o in given for k in o})
+    shared = {k: given[0][k] for k in keys
+              if all(o.get(k) == given[0].get(k) for o in given)}  # fmt: skip
     varying = [k for k in keys if k not in shared]
     protocols = {r.summary["protocol"] for r in runs}
     variants: dict[str, Variant] = {}
-    for r in runs:
-        parts = [f"{k}={r.overrides[k]}" for k in varying if k in r.overrides]
-        if not r.overrides:
+    for r, o in zip(runs, given, strict=True):
+        parts = [f"{k}={o[k]}" for k in varying if k in o]
+        if r.overrides is None:
             parts = [r.path.name]
         if len(protocols) > 1 and "protocol" not in varying:
             parts.append(f"protocol={r.summary['protocol']}")
@@ -132,7 +133,9 @@ def run_metrics(s: dict) -> dict[str, float | None]:
     out["cit_tokens"] = float(sum(e["cit_tokens"] for e in entries))
     knowledge = out.get("gain/knowledge")
     per_1k = out["cpt_tokens"] / 1000
-    out["knowledge_gain_per_1k_cpt"] = knowledge / per_1k if knowledge is not None and per_1k else None
+    out["knowledge_gain_per_1k_cpt"] = (
+        knowledge / per_1k if knowledge is not None and per_1k else None
+    )
     out["rounds"] = float(len(entries))
     out["minutes"] = s["seconds"]["total"] / 60
     return out
@@ -209,7 +212,11 @@ def markdown(root: Path, variants: list[Variant], stats: list[dict[str, Stat]],
         f"# {root.name}",
         "",
         f"Protocol: {', '.join(protocols)}"
-        + (" (RE-TEST results: the exam questions may be trained on)" if "retest" in protocols else "")
+        + (
+            " (RE-TEST results: the exam questions may be trained on)"
+            if "retest" in protocols
+            else ""
+        )
         + f". Accuracy (%) of the final model; gains (points) against {' / '.join(ref)};"
         " forgetting (%) against round 0. Mean ± std over the runs of each row (n).",
     ]

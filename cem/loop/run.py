@@ -17,7 +17,8 @@ Layout of the run folder ``D`` (a round folder's ``eval/`` scores the model that
 
 Running the same command again continues from the last finished stage. The loop stops
 after ``loop.rounds`` rounds, when the exam has no mistakes left, or when exam accuracy has
-not risen for ``loop.patience`` rounds.
+not risen for ``loop.patience`` rounds; or, under a paradigm that needs CPT text, when a
+round's retrieval leaves no passage to train on.
 """
 
 from __future__ import annotations
@@ -140,12 +141,19 @@ def warm_up(cfg: DictConfig, root: Path) -> Path:
     return folder / "model"
 
 
-def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path:
-    """Retrieve, build and train round ``k`` (its eval is done); the new model's folder."""
+def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path | None:
+    """Retrieve, build and train round ``k`` (its eval is done); the new model's folder, or
+    None when the round has no CPT text for a paradigm that needs it (the loop stops)."""
+    from cem.curriculum.mixing import NoCptText
+
     folder = root / f"round_{k}"
     earlier = [root / f"round_{j}" for j in range(1, k)]
     stages.run_stage(folder, "retrieve", lambda: stages.retrieve_task(cfg, folder))
-    stages.run_stage(folder, "build", lambda: stages.build_task(cfg, folder, k, earlier))
+    try:
+        stages.run_stage(folder, "build", lambda: stages.build_task(cfg, folder, k, earlier))
+    except NoCptText as e:
+        console.print(f"[bold]cem run[/] round {k} has no CPT text left: {e}")
+        return None
     steps = cfg.train.max_steps
     stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, base, steps))
     return folder / "model"
@@ -208,8 +216,12 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], log
                    "patience": f"no exam gain for {cfg.loop.patience} round(s)"}[reason]  # fmt: skip
             console.print(f"[bold]cem run[/] stops before round {k}: {why}")
             return reason
-        base = run_round(cfg, root, k, base)
+        trained = run_round(cfg, root, k, base)
         logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl")
+        if trained is None:
+            console.print(f"[bold]cem run[/] stops in round {k}: no knowledge passages to train on")
+            return "no_knowledge"
+        base = trained
         k += 1
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cem.config import resolve_run_dir
-from cem.errors import CemError, ConfigError
+from cem.errors import ConfigError
 from cem.io import write_json
 from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES
 from cem.ui import console
@@ -183,27 +183,11 @@ def _metrics(trainer, module, data, seconds: float, trained: int, total: int) ->
 
 
 def main() -> None:
-    """``python -m cem.training.train key=value ...``: the same task as ``cem train``.
+    """``python -m cem.training.train key=value ...``: the same as ``cem train key=value ...``
+    (also for ``torchrun -m cem.training.train``)."""
+    from cem.cli import run_hydra
 
-    Lightning's DDP launcher re-runs the command line once per rank, so multi-process
-    runs start from here (or from ``torchrun -m cem.training.train``).
-    """
-    import hydra
-
-    from cem.cli import conf_dir
-    from cem.config import register_configs
-
-    register_configs()
-
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-    def _app(cfg: DictConfig) -> None:
-        try:
-            run_train(cfg)
-        except CemError as e:
-            print(f"cem train: error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    _app()
+    run_hydra("train", sys.argv[1:])
 
 
 if __name__ == "__main__":

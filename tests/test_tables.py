@@ -1,0 +1,344 @@
+"""The paper's tables as sweeps (conf/table), the baselines (conf/baseline), the launcher
+presets, and ``cem report``: every job of every table composes and validates; each table
+runs end to end on the tiny random Llama (one seed) and ``cem report`` turns the sweep
+into a table; the baselines' CPT text is what they promise."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from _fake_api import FakeAPI
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cem.cli import conf_dir, main
+from cem.config import register_configs
+from cem.errors import CemError
+from cem.io import write_json
+from cem.loop.report import find_runs, group, make_report, run_metrics
+from cem.loop.run import check_run
+
+TABLES = sorted(p.stem for p in (conf_dir() / "table").glob("*.yaml"))
+PAPER_TABLES = ["data_efficiency", "instruction_ablation", "knowledge_source", "main",
+                "paradigm", "ratio", "replay_forgetting", "rounds"]  # fmt: skip
+
+
+def compose_run(*overrides: str, hydra: bool = False):
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        return compose(config_name="run", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def sweep_axes(table: str) -> dict[str, list[str]]:
+    params = compose_run(f"table={table}", hydra=True).hydra.sweeper.params
+    return {k: str(v).split(",") for k, v in params.items()}
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+def test_every_paper_table_has_a_config():
+    assert TABLES == PAPER_TABLES
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_every_value_of_every_table_axis_composes_and_validates(table):
+    """Each value of each axis once (the other axes at their first value): the sweep's
+    jobs are those combinations, and an axis value is what can be misspelt."""
+    cfg = compose_run(f"table={table}", hydra=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweep.dir == f"multirun/{table}"
+    axes = sweep_axes(table)
+    assert axes["seed"] == ["0", "1", "2"]  # every table runs over several seeds
+    assert len(axes) >= 1 + (table != "rounds")  # and over the table's own axis
+    first = [f"{k}={vs[0]}" for k, vs in axes.items()]
+    jobs = {tuple(first)} | {
+        tuple(f"{k}={v}" if k == key else f for k, f in zip(axes, first, strict=True))
+        for key, values in axes.items() if key != "seed" for v in values
+    }  # fmt: skip
+    for combo in sorted(jobs):
+        job = compose_run(f"table={table}", "run_dir=/tmp/x", *combo)
+        assert check_run(job) == [], (table, combo)
+
+
+def test_table_settings_reach_the_jobs():
+    job = compose_run("table=replay_forgetting", "replay=none", "instructions=no_review")
+    assert (job.loop.rounds, job.loop.patience) == (3, None)
+    assert job.replay.fraction == 0.0 and not job.instructions.review.enabled
+    job = compose_run("table=main", "model=llama3_8b_instruct", "benchmark=xiezhi")
+    assert job.benchmark.split and job.benchmark.path.endswith("/xiezhi")
+    assert job.trainer.accelerator == "gpu"
+    job = compose_run("table=data_efficiency", "baseline=full_corpus_cpt")
+    assert (job.paradigm.name, job.knowledge.passages, job.loop.rounds) == ("cpt_only", "full", 1)
+    assert job.train.max_steps == -1
+
+
+@pytest.mark.parametrize(
+    "baseline, paradigm, passages",
+    [("none", "parallel", "mistakes"), ("random_cpt", "cpt_only", "random"),
+     ("cit_only", "cit_only", "mistakes"), ("full_corpus_cpt", "cpt_only", "full")],
+)  # fmt: skip
+def test_baselines_set_paradigm_and_cpt_text(baseline, paradigm, passages):
+    cfg = compose_run(f"baseline={baseline}", "run_dir=/tmp/x")
+    assert (cfg.loop.baseline, cfg.paradigm.name, cfg.knowledge.passages) == (
+        baseline, paradigm, passages)  # fmt: skip
+    assert check_run(cfg) == []
+
+
+def test_bad_table_and_bad_sweep_values_fail_before_compute():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"(?s)table/nope.*paradigm"):
+        compose_run("table=nope")
+    problems = check_run(compose_run("table=ratio", "mix.cit_ratio=1.5", "loop.rounds=0",
+                                     "knowledge.passages=some", "run_dir=/tmp/x"))  # fmt: skip
+    assert "mix.cit_ratio must be in [0, 1]; got 1.5 (try mix.cit_ratio=0.5)" in problems
+    assert "loop.rounds must be >= 1; got 0 (try loop.rounds=2)" in problems
+    assert any(p.startswith("knowledge.passages must be one of mistakes, random, full")
+               for p in problems)  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher, target", [
+    ("local_parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+])  # fmt: skip
+def test_launcher_presets_compose(launcher, target):
+    cfg = compose_run("table=paradigm", f"hydra/launcher={launcher}", hydra=True)
+    assert cfg.hydra.launcher._target_ == target
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1
+        assert cfg.hydra.launcher.submitit_folder.endswith("/.submitit/%j")
+    else:
+        assert cfg.hydra.launcher.n_jobs == 2
+
+
+# --- the file-benchmark split -------------------------------------------------------------------
+
+
+def test_file_benchmark_split_is_seeded_per_subject_and_disjoint(shared_dir):
+    from cem.benchmarks.registry import load_benchmark
+
+    def load(seed: int):
+        b = compose_run("benchmark=mmlu", f"benchmark.path={shared_dir / 'mmlu'}",
+                        "benchmark.split=true", f"seed={seed}").benchmark  # fmt: skip
+        return load_benchmark(b)
+
+    a, again, other = load(0), load(0), load(1)
+    assert list(a) == ["pool", "exam", "test"]
+    ids = {name: [it.id for it in items] for name, items in a.items()}
+    assert ids == {name: [it.id for it in items] for name, items in again.items()}
+    assert ids != {name: [it.id for it in items] for name, items in other.items()}
+    every = [i for name in ids for i in ids[name]]
+    assert len(every) == len(set(every))  # disjoint, nothing lost or repeated
+    total = len(every)
+    assert abs(len(ids["exam"]) / total - 0.4) < 0.05 and abs(len(ids["pool"]) / total - 0.2) < 0.05
+    subjects = {it.subject for it in a["exam"]}
+    assert subjects == {it.subject for it in a["test"]}  # every subject on both sides
+
+
+# --- the baselines' CPT text ----------------------------------------------------------------------
+
+
+def test_random_and_full_corpus_passages():
+    from cem.knowledge.baselines import baseline_passages
+    from cem.knowledge.corpus import Document
+    from cem.knowledge.leak import LeakGuard
+    from cem.knowledge.sources import CorpusSource
+
+    docs = [Document(doc_id=f"d{i}", title=f"T{i}", text=f"Doc {i} says {' '.join(['word'] * 20)}.")
+            for i in range(50)]  # fmt: skip
+    docs.append(Document(doc_id="leak", title="Leak",
+                         text="The capital of Bhutan is Thimphu, a city in the mountains."))  # fmt: skip
+    source = CorpusSource("wiki_offline", docs, index=None)
+    guard = LeakGuard.from_items([("The capital of Bhutan is", "Thimphu")], 5)
+    count = lambda text: len(text.split())  # noqa: E731
+    full, stats = baseline_passages("full", source, 0, guard, 256, count, seed="0")
+    assert [p.doc_id for p in full] == [f"d{i}" for i in range(50)]
+    assert stats["leak_dropped"] == 1 and stats["tokens"] == sum(count(p.text) for p in full)
+    one, _ = baseline_passages("random", source, 100, guard, 256, count, seed="0:round_1")
+    same, _ = baseline_passages("random", source, 100, guard, 256, count, seed="0:round_1")
+    other, _ = baseline_passages("random", source, 100, guard, 256, count, seed="0:round_2")
+    assert [p.doc_id for p in one] == [p.doc_id for p in same] != [p.doc_id for p in other]
+    tokens = sum(count(p.text) for p in one)
+    assert 100 <= tokens < 100 + 23  # reaches the budget, overshooting by under one passage
+    assert "leak" not in {p.doc_id for p in one}
+
+
+def test_baselines_need_an_offline_corpus():
+    from cem.errors import ConfigError
+    from cem.knowledge.baselines import corpus_documents
+
+    class Api:
+        name = "wikipedia_api"
+
+    with pytest.raises(ConfigError, match=r"knowledge\.passages.*offline corpus"):
+        corpus_documents(Api(), "random")
+
+
+# --- cem report on synthetic summaries ------------------------------------------------------------
+
+
+def summary(exam: list[float], test: list[float], *, protocol="heldout", cpt=100) -> dict:
+    """A summary.json with round 0 and a warm-up at the first two values, then rounds."""
+
+    def entry(k: int, e: float, t: float, cpt_tokens: int) -> dict:
+        return {"round": k, "metrics": {"exam": {"acc": e, "acc_norm": e, "n": 10},
+                                        "test": {"acc": t, "acc_norm": t, "n": 10}},
+                "forgetting": {"exam": 0.1, "test": 0.0}, "cpt_tokens": cpt_tokens,
+                "cit_tokens": 50}  # fmt: skip
+
+    rounds = [entry(0, exam[0], test[0], 0)] + [
+        entry(k, e, t, cpt) for k, (e, t) in enumerate(zip(exam[2:], test[2:], strict=True), 1)
+    ]
+    final_gain = {"exam": exam[-1] - exam[1], "test": test[-1] - test[1],
+                  "schema": test[-1] - test[1], "knowledge": (exam[-1] - exam[1]) - (test[-1] - test[1])}  # fmt: skip
+    return {"protocol": protocol, "reference": "warmup", "rounds": rounds,
+            "warmup": entry(0, exam[1], test[1], 0), "gains": {"vs_warmup": final_gain},
+            "seconds": {"total": 60.0}}  # fmt: skip
+
+
+def fake_sweep(root: Path, runs: dict[str, dict]) -> None:
+    for name, s in runs.items():
+        folder = root / name
+        write_json(folder / "summary.json", s)
+        overrides = [part for part in name.split(",")]
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+
+
+def test_report_means_and_stds_over_seeds(tmp_path):
+    fake_sweep(tmp_path, {
+        "experiment=fast,paradigm=parallel,seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7]),
+        "experiment=fast,paradigm=parallel,seed=1": summary([0.5, 0.6, 0.9], [0.5, 0.6, 0.6]),
+        "experiment=fast,paradigm=cpt_only,seed=0": summary([0.5, 0.5, 0.4], [0.5, 0.5, 0.5]),
+    })  # fmt: skip
+    variants, shared = group(find_runs(tmp_path))
+    assert shared == {"experiment": "fast"}
+    assert [v.label for v in variants] == ["paradigm=cpt_only", "paradigm=parallel"]
+    paths = make_report(tmp_path)
+    rows = {(r["variant"], r["metric"]): r for r in csv.DictReader(paths["csv"].open())}
+    par = rows["paradigm=parallel", "gain/knowledge"]
+    # knowledge gains 0.1 and 0.3: mean 0.2, sample std 0.1414
+    assert float(par["mean"]) == pytest.approx(0.2) and float(par["std"]) == pytest.approx(
+        0.14142, rel=1e-3
+    )
+    assert par["n"] == "2" and float(par["ci95"]) == pytest.approx(
+        12.706 * 0.14142 / 2**0.5, rel=1e-3
+    )
+    assert rows["paradigm=cpt_only", "acc/exam"]["std"] == ""  # one run: no spread
+    assert float(rows["paradigm=parallel", "cpt_tokens"]["mean"]) == 100
+    md = paths["md"].read_text()
+    assert "| paradigm=parallel | 2 | 85.0 ± 7.1 | 65.0 ± 7.1 |" in md
+    assert "Common overrides: `experiment=fast`" in md
+    assert paths["png"].stat().st_size > 1000
+
+
+def test_report_keeps_retest_apart_and_errors_clearly(tmp_path):
+    fake_sweep(tmp_path / "s", {
+        "seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7]),
+        "seed=1": summary([0.5, 0.6, 0.9], [0.5, 0.6, 0.6], protocol="retest"),
+    })  # fmt: skip
+    variants, _ = group(find_runs(tmp_path / "s"))
+    assert sorted(v.label for v in variants) == ["protocol=heldout", "protocol=retest"]
+    assert "RE-TEST" in make_report(tmp_path / "s", draw=False)["md"].read_text()
+    with pytest.raises(CemError, match="no summary.json under"):
+        find_runs(tmp_path / "s" / "seed=0" / ".hydra")
+    with pytest.raises(CemError, match="is not a folder"):
+        find_runs(tmp_path / "missing")
+    (tmp_path / "s" / "seed=0" / "summary.json").write_text("{broken")
+    with pytest.raises(CemError, match=r"seed=0/summary.json is not valid JSON"):
+        find_runs(tmp_path / "s")
+
+
+def test_run_metrics_of_a_synthetic_summary():
+    m = run_metrics(summary([0.5, 0.6, 0.7, 0.9], [0.5, 0.6, 0.6, 0.7]))
+    assert m["acc/exam"] == 0.9 and m["gain/schema"] == pytest.approx(0.1)
+    assert m["gain/knowledge"] == pytest.approx(0.2) and m["cpt_tokens"] == 200
+    assert m["knowledge_gain_per_1k_cpt"] == pytest.approx(1.0) and m["rounds"] == 2
+
+
+# --- every table end to end on the tiny model ---------------------------------------------------
+
+# One seed and one short round without the warm-up on 4 items per set: the sweep machinery,
+# every job's stages and the report, not the numbers.
+TINY = ("experiment=fast", "seed=0", "loop.rounds=1", "loop.warmup.enabled=false",
+        "benchmark.limit=4")  # fmt: skip
+BING_KEY_ENV = "CEM_TEST_BING_KEY"
+
+
+def table_overrides(table: str, tmp_path: Path, api: FakeAPI, shared: Path | None) -> list[str]:
+    """Per table: what keeps it offline and tiny (the models, the web, the GPU trainer)."""
+    if table == "main":
+        return ["hydra.sweeper.params.model=tiny_random_llama", "trainer=cpu",
+                f"benchmark.path={shared}/${{.name}}"]  # fmt: skip
+    if table == "knowledge_source":
+        # mix's dense index needs the MiniLM asset; it is composed above, not run here.
+        return ["hydra.sweeper.params.knowledge='wiki_offline,web_search'",
+                f"knowledge.sources.0.endpoint={api.url('/bing-clean/v7.0/search')}",
+                f"knowledge.sources.0.api_key_env={BING_KEY_ENV}",
+                f"knowledge.sources.0.cache_dir={tmp_path / 'http'}"]  # fmt: skip
+    return []
+
+
+# Three tables run in the default tier (the basic sweep, file benchmarks, the web source);
+# the other five in the slow tier (about 4 minutes together on 2 cores).
+DEFAULT_TIER = ("paradigm", "main", "knowledge_source")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "table", [t if t in DEFAULT_TIER else pytest.param(t, marks=pytest.mark.slow) for t in TABLES]
+)
+def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeypatch):
+    from conftest import shared_benchmarks_dir
+
+    shared = shared_benchmarks_dir()
+    if table == "main" and shared is None:
+        pytest.skip("table=main reads ../shared/benchmarks (not found; set CEM_SHARED_DIR)")
+    monkeypatch.setenv(BING_KEY_ENV, "test-key")
+    sweep = tmp_path / table
+    with FakeAPI(bing_key="test-key") as api:
+        rc = main(["run", f"table={table}", *TINY, f"hydra.sweep.dir={sweep}",
+                   *table_overrides(table, tmp_path, api, shared)])  # fmt: skip
+    assert rc == 0
+    axes = sweep_axes(table)
+    n_jobs = 1
+    for key, values in axes.items():
+        if key != "seed":
+            n_jobs *= {"model": 1, "knowledge": 2}.get(key, len(values))
+    runs = find_runs(sweep)
+    assert len(runs) == n_jobs
+    for r in runs:
+        assert r.summary["stopped"]["reason"] in ("rounds", "no_mistakes", "no_knowledge")
+        assert (r.path / "round_0" / "eval" / "records.jsonl").is_file()
+    paths = make_report(sweep, draw=False)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    variants = {r["variant"] for r in rows}
+    assert len(variants) == max(n_jobs, 1)
+    if table == "data_efficiency":
+        full = next(r for r in runs if "full_corpus_cpt" in str(r.path))
+        stats = json.loads((full.path / "round_1" / "knowledge" / "stats.json").read_text())
+        assert stats["baseline"]["mode"] == "full" and stats["baseline"]["corpus_docs"] > 10_000
+        rand = next(r for r in runs if "random_cpt" in str(r.path))
+        stats = json.loads((rand.path / "round_1" / "knowledge" / "stats.json").read_text())
+        assert stats["baseline"]["tokens"] >= stats["baseline"]["cem_tokens"]
+
+
+@pytest.mark.e2e
+def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch):
+    from cem.curriculum.mixing import NoCptText
+    from cem.loop import stages
+    from cem.loop.run import run_loop
+
+    def no_text(*_a, **_k):
+        raise NoCptText("paradigm", "parallel", "needs CPT passages but has none left")
+
+    monkeypatch.setattr(stages, "build_task", no_text)
+    summary = run_loop(compose_run(f"run_dir={tmp_path}", *TINY, "eval.progress=false"))
+    assert summary["stopped"] == {"reason": "no_knowledge", "round": 0}
+    assert (tmp_path / "round_1" / "done" / "retrieve.json").is_file()
+    assert not (tmp_path / "round_1" / "done" / "build.json").exists()
+    assert (tmp_path / "summary.json").is_file()
