@@ -197,7 +197,7 @@ def summary(exam: list[float], test: list[float], *, protocol="heldout", cpt=100
                   "schema": test[-1] - test[1], "knowledge": (exam[-1] - exam[1]) - (test[-1] - test[1])}  # fmt: skip
     return {"protocol": protocol, "reference": "warmup", "rounds": rounds,
             "warmup": entry(0, exam[1], test[1], 0), "gains": {"vs_warmup": final_gain},
-            "seconds": {"total": 60.0}}  # fmt: skip
+            "seconds": {"total": 60.0}, "stopped": {"reason": "rounds", "round": len(rounds) - 1}}  # fmt: skip
 
 
 def fake_sweep(root: Path, runs: dict[str, dict]) -> None:
@@ -234,6 +234,19 @@ def test_report_means_and_stds_over_seeds(tmp_path):
     assert "| paradigm=parallel | 2 | 85.0 ± 7.1 | 65.0 ± 7.1 |" in md
     assert "Common overrides: `experiment=fast`" in md
     assert paths["png"].stat().st_size > 1000
+
+
+def test_report_leaves_out_runs_still_going(tmp_path):
+    going = summary([0.5, 0.6, 0.1], [0.5, 0.6, 0.1]) | {"stopped": None}
+    fake_sweep(tmp_path, {"paradigm=parallel,seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7]),
+                          "paradigm=parallel,seed=1": going})  # fmt: skip
+    paths = make_report(tmp_path, draw=False)
+    md = paths["md"].read_text()
+    assert "| paradigm=parallel | 1 | 80.0 | 70.0 |" not in md  # one variant: no label column value
+    assert "| all runs | 1 | 80.0 | 70.0 |" in md
+    assert "Left out, not finished yet: `paradigm=parallel,seed=1`" in md
+    with pytest.raises(CemError, match="no finished run"):
+        make_report(tmp_path / "paradigm=parallel,seed=1", draw=False)
 
 
 def test_report_keeps_retest_apart_and_errors_clearly(tmp_path):

@@ -9,7 +9,8 @@ forgetting, the CPT and CIT tokens, data efficiency and wall time.
 
 Written next to the runs (or to ``--out``), atomically:
 
-- ``report.md``: the markdown table, with the runs it was made from;
+- ``report.md``: the markdown table, with the runs it was made from (runs still going,
+  whose summary has no ``stopped`` yet, are left out and listed);
 - ``report.csv``: one line per variant and metric: mean, std, the 95% t-interval and n;
 - ``report.png``: accuracy per round per variant (mean, with the spread over seeds), and
   the schema and knowledge gains per variant.
@@ -53,7 +54,8 @@ class Variant:
 
 
 def find_runs(root: Path) -> list[Run]:
-    """Every run below ``root`` that has a ``summary.json``, in path order."""
+    """Every run below ``root`` that has a ``summary.json``, in path order (finished or not:
+    ``summary.stopped`` is None while a run is still going)."""
     if not root.is_dir():
         raise CemError(f"{root} is not a folder; give the sweep folder, e.g. multirun/paradigm")
     runs = []
@@ -289,11 +291,19 @@ def make_report(root: Path, out: Path | None = None, *, draw: bool = True) -> di
     root = Path(root)
     out = Path(out) if out else root
     runs = find_runs(root)
+    unfinished = [r for r in runs if not r.summary.get("stopped")]
+    runs = [r for r in runs if r.summary.get("stopped")]
+    if not runs:
+        raise CemError(f"no finished run under {root} yet ({len(unfinished)} still going); "
+                       "run `cem report` again when a job has finished")  # fmt: skip
     variants, shared = group(runs)
     stats = [variant_stats(v) for v in variants]
     paths = {"md": out / "report.md", "csv": out / "report.csv"}
     with atomic_open(paths["md"]) as fh:
         fh.write(markdown(root, variants, stats, shared))
+        if unfinished:
+            fh.write("\nLeft out, not finished yet: "
+                     + ", ".join(f"`{r.path.relative_to(root)}`" for r in unfinished) + "\n")  # fmt: skip
     with atomic_open(paths["csv"]) as fh:
         fh.write(csv_text(variants, stats))
     if draw:
@@ -312,11 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to write (default: root)")
     p.add_argument("--no-plot", action="store_true", help="skip report.png")
     args = p.parse_args(argv)
-    from rich.markdown import Markdown
-
     from cem.ui import console
 
     paths = make_report(args.root, args.out, draw=not args.no_plot)
-    console.print(Markdown(paths["md"].read_text(encoding="utf-8")))
+    # The markdown itself (wide tables stay readable when piped or pasted into a doc).
+    print(paths["md"].read_text(encoding="utf-8"))
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
