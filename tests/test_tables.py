@@ -71,6 +71,7 @@ def test_table_settings_reach_the_jobs():
     job = compose_run("table=main", "model=llama3_8b_instruct", "benchmark=xiezhi")
     assert job.benchmark.split and job.benchmark.path.endswith("/xiezhi")
     assert job.trainer.accelerator == "gpu"
+    assert (job.logger.group, list(job.logger.tags)) == ("main", ["main"])  # one W&B group
     job = compose_run("table=data_efficiency", "baseline=full_corpus_cpt")
     assert (job.paradigm.name, job.knowledge.passages, job.loop.rounds) == ("cpt_only", "full", 1)
     assert job.train.max_steps == -1
