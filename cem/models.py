@@ -44,6 +44,14 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def _quiet_transformers() -> None:
+    """No per-tensor "Loading weights" / "Writing model shards" bars: a loop loads and saves
+    models every round, and the stage headers already say what is going on."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build the model and tokenizer that ``cfg`` describes, in eval mode.
 
@@ -56,6 +64,7 @@ def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTra
         ModelError: the folder or hub id cannot be loaded, or the tokenizer does not fit.
         AssetError: the asset cannot be fetched.
     """
+    _quiet_transformers()
     dtype = torch_dtype(cfg.dtype)
     if cfg.asset:
         model, tok = _load_asset(cfg, dtype)
