@@ -258,6 +258,11 @@ def test_loop_writes_every_file(fast_run):
     assert summary["stopped"] == {"reason": "rounds", "round": 2}
     assert set(summary["rounds"][2]["metrics"]) == {"exam", "test", "ood_reverse"}
     assert summary["warmup"]["cit_tokens"] > 0 and summary["rounds"][1]["cpt_tokens"] > 0
+    trained = summary["rounds"][1]["trained_tokens"]  # what the round's steps reached
+    assert (
+        trained["cpt"] > 0
+        and trained == read_json(root / "round_1/train/metrics.json")["target_tokens"]
+    )
     # Round 2 reviews and replays round 1: its build saw round 1's folder.
     assert read_json(root / "round_2/train_set/stats.json")["earlier_rounds"] == [
         str(root / "round_1")

@@ -189,7 +189,7 @@ def summary(exam: list[float], test: list[float], *, protocol="heldout", cpt=100
         return {"round": k, "metrics": {"exam": {"acc": e, "acc_norm": e, "n": 10},
                                         "test": {"acc": t, "acc_norm": t, "n": 10}},
                 "forgetting": {"exam": 0.1, "test": 0.0}, "cpt_tokens": cpt_tokens,
-                "cit_tokens": 50}  # fmt: skip
+                "cit_tokens": 50, "trained_tokens": {"cpt": cpt_tokens // 2, "normative": 5}}  # fmt: skip
 
     rounds = [entry(0, exam[0], test[0], 0)] + [
         entry(k, e, t, cpt) for k, (e, t) in enumerate(zip(exam[2:], test[2:], strict=True), 1)
@@ -271,7 +271,9 @@ def test_run_metrics_of_a_synthetic_summary():
     m = run_metrics(summary([0.5, 0.6, 0.7, 0.9], [0.5, 0.6, 0.6, 0.7]))
     assert m["acc/exam"] == 0.9 and m["gain/schema"] == pytest.approx(0.1)
     assert m["gain/knowledge"] == pytest.approx(0.2) and m["cpt_tokens"] == 200
-    assert m["knowledge_gain_per_1k_cpt"] == pytest.approx(1.0) and m["rounds"] == 2
+    assert m["cpt_tokens_trained"] == 100 and m["cit_response_tokens_trained"] == 10
+    # the gain per 1k CPT tokens *trained* (100), not per 1k in the sets (200)
+    assert m["knowledge_gain_per_1k_cpt"] == pytest.approx(2.0) and m["rounds"] == 2
 
 
 # --- every table end to end on the tiny model ---------------------------------------------------

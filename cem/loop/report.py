@@ -115,8 +115,14 @@ def group(runs: list[Run]) -> tuple[list[Variant], dict[str, str]]:
 # --- the numbers of one run ------------------------------------------------------------------
 
 
-def run_metrics(s: dict) -> dict[str, float | None]:
-    """The report's columns for one summary (accuracies and gains as fractions)."""
+def run_metrics(s: dict, folder: Path | None = None) -> dict[str, float | None]:
+    """The report's columns for one summary (accuracies and gains as fractions).
+
+    ``folder`` (the run's) supplies the trained tokens of summaries written before they
+    were recorded there.
+    """
+    from cem.loop.summary import trained_tokens
+
     final = s["rounds"][-1]
     ref = s["warmup"] if s["reference"] == "warmup" else s["rounds"][0]
     out: dict[str, float | None] = {}
@@ -133,8 +139,14 @@ def run_metrics(s: dict) -> dict[str, float | None]:
     entries = s["rounds"][1:]
     out["cpt_tokens"] = float(sum(e["cpt_tokens"] for e in entries))
     out["cit_tokens"] = float(sum(e["cit_tokens"] for e in entries))
+    trained = [e.get("trained_tokens") or (trained_tokens(folder / f"round_{e['round']}")
+               if folder else {}) for e in entries]  # fmt: skip
+    out["cpt_tokens_trained"] = float(sum(t.get("cpt", 0) for t in trained))
+    out["cit_response_tokens_trained"] = float(
+        sum(n for t in trained for k, n in t.items() if k not in ("cpt", "replay"))
+    )
     knowledge = out.get("gain/knowledge")
-    per_1k = out["cpt_tokens"] / 1000
+    per_1k = out["cpt_tokens_trained"] / 1000
     out["knowledge_gain_per_1k_cpt"] = (
         knowledge / per_1k if knowledge is not None and per_1k else None
     )
@@ -166,7 +178,7 @@ def aggregate(values: list[float | None]) -> Stat | None:
 
 
 def variant_stats(v: Variant) -> dict[str, Stat]:
-    per_run = [run_metrics(r.summary) for r in v.runs]
+    per_run = [run_metrics(r.summary, r.path) for r in v.runs]
     keys = list(dict.fromkeys(k for m in per_run for k in m))
     stats = {k: aggregate([m.get(k) for m in per_run]) for k in keys}
     return {k: s for k, s in stats.items() if s is not None}
@@ -185,8 +197,10 @@ COLUMNS = [  # (key, header, scale, digits)
     ("gain/exam", "Δexam", 100, 1), ("gain/schema", "schema gain", 100, 1),
     ("gain/knowledge", "knowledge gain", 100, 1),
     ("forget/exam", "forget. E", 100, 1), ("forget/test", "forget. T", 100, 1),
-    ("cpt_tokens", "CPT tok", 1, 0), ("cit_tokens", "CIT tok", 1, 0),
-    ("knowledge_gain_per_1k_cpt", "kn. gain / 1k CPT", 100, 2), ("minutes", "min", 1, 1),
+    ("cpt_tokens", "CPT tok (set)", 1, 0), ("cit_tokens", "CIT tok (set)", 1, 0),
+    ("cpt_tokens_trained", "CPT tok trained", 1, 0),
+    ("cit_response_tokens_trained", "CIT resp. tok trained", 1, 0),
+    ("knowledge_gain_per_1k_cpt", "kn. gain / 1k trained CPT", 100, 2), ("minutes", "min", 1, 1),
 ]  # fmt: skip
 
 
@@ -220,7 +234,9 @@ def markdown(root: Path, variants: list[Variant], stats: list[dict[str, Stat]],
             else ""
         )
         + f". Accuracy (%) of the final model; gains (points) against {' / '.join(ref)};"
-        " forgetting (%) against round 0. Mean ± std over the runs of each row (n).",
+        " forgetting (%) against round 0. Mean ± std over the runs of each row (n)."
+        " Tokens summed over rounds: (set) as built; trained: loss-bearing tokens training"
+        " reached (CIT: responses only).",
     ]
     if shared:
         lines += ["", "Common overrides: " + " ".join(f"`{k}={v}`" for k, v in shared.items())]

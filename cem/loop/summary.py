@@ -9,7 +9,8 @@ round k is M_k, scored in ``round_{k+1}/eval``. Gains use ``acc``:
 - both against the warm-up (``vs_warmup``, the reference when it is on) and against the
   untouched model (``vs_round_0``);
 - forgetting rate per set = share of the items right at round 0 that are now wrong;
-- data efficiency = gain per 1k CPT tokens used so far.
+- data efficiency = gain per 1k CPT tokens trained on so far (``trained_tokens``: with
+  ``train.max_steps`` below an epoch, training reaches only part of the set's tokens).
 """
 
 from __future__ import annotations
@@ -90,9 +91,24 @@ def _timing(*parts: tuple[Path, list[str]]) -> dict[str, dict[str, float]]:
 
 
 def _tokens(folder: Path) -> dict[str, int]:
+    """Tokens of the round's training set (``cpt_tokens``...) and of what training reached
+    (``trained_tokens``)."""
     path = folder / "train_set" / "stats.json"
     t = read_json(path)["tokens"] if path.is_file() else {}
-    return {f"{k}_tokens": int(t.get(k, 0)) for k in ("cpt", "cit", "replay")}
+    return {**{f"{k}_tokens": int(t.get(k, 0)) for k in ("cpt", "cit", "replay")},
+            "trained_tokens": trained_tokens(folder)}  # fmt: skip
+
+
+def trained_tokens(folder: Path) -> dict[str, int]:
+    """Loss-bearing tokens training reached, per kind (``train/metrics.json``).
+
+    CPT tokens all bear loss; a CIT item's only its response. With ``train.max_steps``
+    below one epoch, this is less than the set holds, so data efficiency uses it.
+    """
+    path = folder / "train" / "metrics.json"
+    if not path.is_file():
+        return {}
+    return {k: int(v) for k, v in read_json(path).get("target_tokens", {}).items()}
 
 
 def _entry(round_: int, label: str, protocol: str, eval_folder: Path, root: Path) -> dict:
@@ -143,13 +159,13 @@ def build_summary(root: Path, cfg: DictConfig, stopped: str | None = None) -> di
     """The summary of what ``root`` holds now (rounds still to come are left out)."""
     r0, warm, rounds = collect(root, cfg)
     ref = warm or r0
-    cpt_so_far = 0
+    cpt_so_far = 0  # CPT tokens trained on so far
     for e in [r0, *([warm] if warm else []), *rounds]:
         e["forgetting"] = forgetting(r0["_records"], e["_records"])
     for e in [warm, *rounds] if warm is not None else []:
         e["forgetting_vs_warmup"] = forgetting(warm["_records"], e["_records"])
     for e in rounds:
-        cpt_so_far += e["cpt_tokens"]
+        cpt_so_far += e["trained_tokens"].get("cpt", e["cpt_tokens"])
         e["gains"] = {"vs_round_0": gains(r0["metrics"], e["metrics"])}
         if warm is not None:
             e["gains"]["vs_warmup"] = gains(warm["metrics"], e["metrics"])
