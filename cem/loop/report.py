@@ -281,7 +281,11 @@ def plot(root: Path, variants: list[Variant], stats: list[dict[str, Stat]], path
             ax.plot(xs, mean, style, color=f"C{i % 10}", marker="o", ms=3,
                     label=f"{v.label} · {name}")  # fmt: skip
             ax.fill_between(xs, lo, hi, color=f"C{i % 10}", alpha=0.12)
-    ax.set_xlabel("evaluation (0: round 0; with warm-up, 1 is after it)")
+    width = max(len(curve(r.summary, "exam")) for v in variants for r in v.runs)
+    warm = any(r.summary["warmup"] for v in variants for r in v.runs)
+    ticks = ["0", "W", *map(str, range(1, width - 1))] if warm else list(map(str, range(width)))
+    ax.set_xticks(range(width), ticks[:width])
+    ax.set_xlabel("round (W: after the schema warm-up)" if warm else "round")
     ax.set_ylabel("accuracy (mean; band: min-max over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
