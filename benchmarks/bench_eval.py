@@ -25,9 +25,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from cem.evaluation.metrics import argmax  # noqa: E402
+from cem.evaluation.peer import LETTERS, lm_eval_scores, mmlu_requests  # noqa: E402
 from cem.evaluation.scorer import Request, score_requests  # noqa: E402
 
-LETTERS = "ABCD"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CSV = Path("mmlu") / "test" / "astronomy_test.csv"
 
@@ -73,52 +74,27 @@ def load_rows(shared: Path | None, n: int) -> list[list[str]]:
         return list(csv.reader(fh))[:n]
 
 
-def build_requests(rows: list[list[str]], formulation: str) -> list[Request]:
-    out = []
-    for question, *options, _ in rows:
-        if formulation == "mcf":
-            lines = "\n".join(f"{k}. {t}" for k, t in zip(LETTERS, options, strict=True))
-            context = (
-                "The following are multiple choice questions (with answers) about astronomy.\n\n"
-                f"{question}\n{lines}\nAnswer:"
-            )
-            out.append(Request(context, [f" {k}" for k in LETTERS]))
-        else:
-            out.append(Request(f"Question: {question}\nAnswer:", [f" {t}" for t in options]))
-    return out
-
-
-def world_items(n: int, formulation: str, tok) -> tuple[list[Request], list[int]]:
-    """The first ``n`` exam+test items of ``world`` (seed 0), rendered as ``cem eval`` does."""
+def world_items(n: int) -> list:
+    """The first ``n`` exam+test items of ``world`` (seed 0)."""
     from omegaconf import OmegaConf
 
     from cem.benchmarks.registry import load_benchmark
+    from cem.config import BenchmarkConfig
+
+    sets = load_benchmark(OmegaConf.merge(OmegaConf.structured(BenchmarkConfig), {"name": "world"}))
+    return (sets["exam"] + sets["test"])[:n]
+
+
+def world_requests(items: list, formulation: str, tok) -> list[Request]:
+    """``items`` rendered exactly as ``cem eval`` renders them in ``formulation``."""
+    from omegaconf import OmegaConf
+
     from cem.config import BenchmarkConfig, EvalConfig
     from cem.evaluation.evaluate import loglik_requests
 
     bcfg = OmegaConf.merge(OmegaConf.structured(BenchmarkConfig), {"name": "world"})
     ecfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"formulation": formulation})
-    sets = load_benchmark(bcfg)
-    items = (sets["exam"] + sets["test"])[:n]
-    return loglik_requests(items, tok, ecfg, bcfg), [it.answer for it in items]
-
-
-def lm_eval_scores(model, tok, requests: list[Request], batch_size: int) -> list[list[float]]:
-    from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
-
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
-    flat = [(r.context, c) for r in requests for c in r.continuations]
-    inst = [
-        Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i)
-        for i, a in enumerate(flat)
-    ]
-    values = iter(ll for ll, _ in lm.loglikelihood(inst, disable_tqdm=True))
-    return [[next(values) for _ in r.continuations] for r in requests]
-
-
-def argmax(xs: list[float]) -> int:
-    return max(range(len(xs)), key=lambda i: (xs[i], -i))
+    return loglik_requests(items, tok, ecfg, bcfg)
 
 
 def timed(fn, repeat: int):
@@ -174,10 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.benchmark == "mmlu":
         rows = load_rows(args.shared_dir, args.n)
         gold = [LETTERS.index(r[-1].strip()) for r in rows]
-        make = partial(build_requests, rows)
+        make = partial(mmlu_requests, rows, subject="astronomy")
     else:
-        gold = world_items(args.n, "cf", tok)[1]
-        make = lambda form: world_items(args.n, form, tok)[0]  # noqa: E731
+        items = world_items(args.n)
+        gold = [it.answer for it in items]
+        make = partial(world_requests, items, tok=tok)
     print(
         f"model={model_dir} benchmark={args.benchmark} n={len(gold)} "
         f"threads={torch.get_num_threads()}"
