@@ -161,18 +161,19 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     guard = LeakGuard.from_items(guard_pairs(records, load_benchmark(cfg.benchmark)),
                                  cfg.knowledge.leak_ngram)  # fmt: skip
     kept, clean = clean_passages(passages, guard, cfg.knowledge, count)
+    tokens = sum(count(p.text) for p in kept)
     seconds["clean"] = time.perf_counter() - t
     baseline = None
     if cfg.knowledge.passages != "mistakes":
         from cem.knowledge.baselines import baseline_passages
 
         t = time.perf_counter()
-        cem_tokens = sum(count(p.text) for p in kept)
         kept, baseline = baseline_passages(
-            cfg.knowledge.passages, source, cem_tokens, guard, cfg.knowledge.passage_tokens,
+            cfg.knowledge.passages, source, tokens, guard, cfg.knowledge.passage_tokens,
             count, seed=f"{cfg.seed}:{run_dir.name}",
         )  # fmt: skip
-        baseline = {"mode": cfg.knowledge.passages, "cem_tokens": cem_tokens, **baseline}
+        baseline = {"mode": cfg.knowledge.passages, "cem_tokens": tokens, **baseline}
+        tokens = baseline["tokens"]  # counted as they were drawn
         seconds["baseline"] = time.perf_counter() - t
     stats = {
         "source": cfg.knowledge.name,
@@ -185,7 +186,7 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
         **clean,
         "hit_rate": hit_rate(mistakes, kept),
         "hit_rate_before_cleaning": hit_rate(mistakes, passages),
-        "tokens": sum(count(p.text) for p in kept),
+        "tokens": tokens,
         "source_stats": source.stats.to_dict(),
         "seconds": seconds,
     }
