@@ -8,6 +8,7 @@ Every default lives here or in ``conf/``; the code never hides one in ``cfg.get`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ class BenchmarkConfig:
     relations: list[str] = field(
         default_factory=lambda: ["capital", "region", "subregion", "language", "demonym"]
     )
-    ood: list[str] = field(default_factory=lambda: ["reverse", "borders"])
+    # Transfer sets: other questions about the *exam* countries (each set ``transfer_<name>``).
+    transfer: list[str] = field(default_factory=lambda: ["reverse", "borders"])
 
 
 @dataclass
@@ -72,6 +74,9 @@ class EvalConfig:
     chat_template: bool = False  # loglik: wrap the question in the model's chat template
     max_new_tokens: int = 24  # generate mode
     sets: list[str] | None = None  # which sets to score; null scores every set the benchmark has
+    # Also score the general probe (cem.benchmarks.probe): NLL per token on held-out corpus
+    # passages unrelated to the benchmark, written to eval/general.json (forgetting).
+    general_probe: bool = True
     progress: bool = True
 
 
@@ -197,12 +202,20 @@ class InstructionsConfig:
     chat_template: bool = True  # render with the tokenizer's chat template when it has one
 
 
+class TokenCount(StrEnum):
+    """What ``mix.cit_ratio`` and ``mix.max_tokens`` count."""
+
+    loss_tokens = "loss_tokens"  # tokens that bear loss: CIT responses, all of a CPT row
+    all_tokens = "all_tokens"  # prompts too
+
+
 @dataclass
 class MixConfig:
     """How CIT and CPT share the training tokens."""
 
     name: str = "default"
-    cit_ratio: float = 0.5  # CIT share of all training tokens, exact by construction
+    cit_ratio: float = 0.5  # CIT share of the training tokens (as ``count`` counts them)
+    count: TokenCount = TokenCount.all_tokens
     max_tokens: int | None = None  # total budget; null: as many as the CPT text allows
     seed: int = 0
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from cem.benchmarks.world import OOD_SETS as WORLD_OOD
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
+from cem.benchmarks.world import TRANSFER_SETS as WORLD_TRANSFER
 from cem.errors import CemError
 
 FORMULATIONS = ("mcf", "cf")
@@ -107,8 +107,8 @@ def _check_world(b: DictConfig) -> list[str]:
         problems.append(choice("benchmark.relations", r, WORLD_RELATIONS))
     if not b.relations:
         problems.append("benchmark.relations must not be empty (try benchmark.relations=[capital])")
-    for o in b.ood:
-        problems.append(choice("benchmark.ood", o, WORLD_OOD))
+    for o in b.transfer:
+        problems.append(choice("benchmark.transfer", o, WORLD_TRANSFER))
     return problems
 
 

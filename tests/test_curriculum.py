@@ -192,17 +192,33 @@ def test_extractive_blanks_the_missing_fact(tok):
     assert all(f"Its capital and largest city is {BLANK}." in r.prompt for r in angolia)
     closed = [r for r in angolia if PASSAGES["Angolia"] not in r.prompt]
     assert len(closed) == 2 and all("Angolia" in r.prompt for r in closed)
-    # No gold answer in the passage: the cloze blanks a query keyword, never a random span.
-    brevia = [r for r in rows if r.source_ids[0] == "exam-capital-brevia"]
-    assert brevia and all(r.response == "Brevia" + tok.eos_token for r in brevia)
-    assert {r.response.removesuffix(tok.eos_token) for r in rows} <= {
-        "Luandra",
-        "Brevia",
-        "Corvale",
-    }
+    # No gold answer and no other option in the passage: no row. The subject's name
+    # ("Brevia") is never the blank: it is not the missing fact.
+    assert not [r for r in rows if r.source_ids[0] == "exam-capital-brevia"]
+    assert {r.response.removesuffix(tok.eos_token) for r in rows} <= {"Luandra", "Corvale"}
     closed_only = OmegaConf.structured(ExtractiveConfig(paraphrases=1, open_book=False))
     rows = extractive_rows(ms[:1], passages(), closed_only, Renderer(tok, chat=True), round_=1)
     assert len(rows) == 1 and PASSAGES["Angolia"] not in rows[0].prompt
+
+
+def test_extractive_without_the_gold_blanks_another_value_of_the_relation(tok):
+    cfg = OmegaConf.structured(ExtractiveConfig(paraphrases=1, open_book=False))
+    brevia = mistake(items("exam")[1])  # gold Bremont; other options Zorburg, Quenton...
+    text = "Brevia trades with Zorland. The capital of Zorland is Zorburg, on the coast."
+    other = Passage(text, "wiki_offline", "Zorland", 1.0, mistake_ids=[brevia["id"]])
+    rows = extractive_rows([brevia], [other], cfg, Renderer(tok, chat=False), round_=1)
+    assert [r.response for r in rows] == ["Zorburg" + tok.eos_token]
+    assert f"The capital of Zorland is {BLANK}, on the coast." in rows[0].prompt
+
+
+def test_extractive_puts_sentences_naming_the_subject_first():
+    from cem.curriculum.extractive import facts_of
+
+    m = mistake(items("exam")[0])  # Angolia, gold Luandra
+    text = "Luandra hosts a port. Angolia's capital is Luandra. Angolia is large."
+    facts = facts_of(m, Passage(text, "wiki_offline", "Angolia", 1.0))
+    assert [f.sentence for f in facts] == ["Angolia's capital is Luandra.", "Luandra hosts a port."]
+    assert {f.answer for f in facts} == {"Luandra"}
 
 
 def test_split_sentences():

@@ -137,7 +137,6 @@ def test_prompt_gives_topic_sentence_and_span():
 
 REPLIES = {  # keyed by each fact's sentence
     SENTENCE: f"Question: {GOOD}",
-    "Brevia is a small kingdom in the north.": "Sorry, I cannot help with that.",
     "The capital of Corsat is Corvale.": "Which Corsat city is Corvale?",  # leaks the answer
 }
 
@@ -151,13 +150,14 @@ def test_llm_questions_in_both_forms_and_cloze_fallbacks():
         ms, passages(), llm_cfg(paraphrases=2), Renderer(tok, chat=False), 1,
         generate=canned(REPLIES, calls), stats=stats,
     )  # fmt: skip
-    assert len(calls) == 1 and len(calls[0]) == 3  # one batch, one prompt per fact
+    # Brevia's passage states no option of its mistake: no fact, so nothing to ask.
+    assert len(calls) == 1 and len(calls[0]) == 2  # one batch, one prompt per fact
     assert stats == {
         "extractive_llm_questions": 1,
-        "extractive_llm_fallbacks": 2,
-        "extractive_llm_fallback_reasons": {"leaks_answer": 1, "no_question": 1},
+        "extractive_llm_fallbacks": 1,
+        "extractive_llm_fallback_reasons": {"leaks_answer": 1},
     }
-    assert len(rows) == 3 * 2 * 2  # facts x wordings x (open + closed book)
+    assert len(rows) == 2 * 2 * 2  # facts x wordings x (open + closed book)
     by_id = {}
     for r in rows:
         by_id.setdefault(r.source_ids[0], []).append(r)
@@ -170,10 +170,10 @@ def test_llm_questions_in_both_forms_and_cloze_fallbacks():
     assert len(open_book) == len(closed_book) == 2
     assert all("Angolia" in r.prompt for r in closed_book)
     assert len({r.prompt for r in angolia}) == 4  # every wording differs
-    # The rejected replies fall back to the cloze, with the same answer.
-    for mid, answer in (("exam-capital-brevia", "Brevia"), ("exam-capital-corsat", "Corvale")):
-        assert all(BLANK in r.prompt for r in by_id[mid])
-        assert all(r.response == answer + tok.eos_token for r in by_id[mid])
+    # The rejected reply falls back to the cloze, with the same answer.
+    assert by_id["exam-capital-corsat"]
+    assert all(BLANK in r.prompt for r in by_id["exam-capital-corsat"])
+    assert all(r.response == "Corvale" + tok.eos_token for r in by_id["exam-capital-corsat"])
     assert not any("Which Corsat city is Corvale?" in r.prompt for r in rows)
 
 
@@ -245,14 +245,16 @@ def test_build_counts_llm_questions_and_guards_them(root, monkeypatch):
     monkeypatch.setattr(retrieve_mod, "extractor_generate", fake_extractor)
     stats = build(root, LLM, "knowledge.extractor_model=/models/instruct", "mix.cit_ratio=0.9")
     assert made == [("/models/instruct", 48)]
-    assert stats["extractive_llm_questions"] == 1 and stats["extractive_llm_fallbacks"] == 2
+    assert stats["extractive_llm_questions"] == 1 and stats["extractive_llm_fallbacks"] == 1
     stored = json.loads((root / "D/train_set/stats.json").read_text())
-    assert stored["extractive_llm_fallback_reasons"] == {"leaks_answer": 1, "no_question": 1}
+    assert stored["extractive_llm_fallback_reasons"] == {"leaks_answer": 1}
     rows = load_rows(root)
     assert not any("capital of Angolia?" in r["prompt"] for r in rows)
     # Angolia's four rows, and Corsat's four cloze rows (its sentence states the exam item).
+    # Brevia's passage states no option of its mistake, so it gave no row to keep.
     assert stats["leak_drops"]["extractive"] == 8
-    assert any(r["kind"] == "extractive" for r in rows)
+    assert stats["candidates"]["extractive"] == 0
+    assert not any(r["kind"] == "extractive" for r in rows)
 
 
 @pytest.mark.e2e
@@ -278,9 +280,10 @@ def test_build_with_the_tiny_random_model_falls_back_everywhere(root, monkeypatc
     monkeypatch.setattr(retrieve_mod, "extractor_generate", spy)
     stats = build(root, LLM, f"knowledge.extractor_model={folder}",
                   "instructions.extractive.llm_max_new_tokens=16", "mix.cit_ratio=0.9")  # fmt: skip
-    assert len(replies) == 3  # one fact per exam mistake's passage
+    # One fact per exam mistake whose passage states an option (Brevia's states none).
+    assert len(replies) == 2
     assert stats["extractive_llm_questions"] == 0
-    assert stats["extractive_llm_fallbacks"] == 3
-    assert sum(stats["extractive_llm_fallback_reasons"].values()) == 3
+    assert stats["extractive_llm_fallbacks"] == 2
+    assert sum(stats["extractive_llm_fallback_reasons"].values()) == 2
     extractive = [r for r in load_rows(root) if r["kind"] == "extractive"]
     assert extractive and all(BLANK in r["prompt"] for r in extractive)

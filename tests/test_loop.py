@@ -256,7 +256,7 @@ def test_loop_writes_every_file(fast_run):
     assert read_json(root / "summary.json") == summary
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert summary["stopped"] == {"reason": "rounds", "round": 2}
-    assert set(summary["rounds"][2]["metrics"]) == {"exam", "test", "ood_reverse"}
+    assert set(summary["rounds"][2]["metrics"]) == {"exam", "test", "transfer_reverse"}
     assert summary["warmup"]["cit_tokens"] > 0 and summary["rounds"][1]["cpt_tokens"] > 0
     trained = summary["rounds"][1]["trained_tokens"]  # what the round's steps reached
     assert (

@@ -12,6 +12,7 @@ from cem.curriculum.mixing import (
     cit_ratio,
     fill_repeat,
     fill_subset,
+    loss_tokens,
     order_rows,
     replay_rows,
     sample_cit,
@@ -49,6 +50,29 @@ def corpus(seed: int = 0, few_general: bool = False) -> tuple[list[Row], dict[st
 
 def mix_cfg(**kw):
     return OmegaConf.structured(MixConfig(**kw))
+
+
+def with_loss_tokens(cpt: list[Row], cit: dict[str, list[Row]]) -> None:
+    """CPT rows bear loss on every token; a CIT row on its short response only."""
+    for r in cpt:
+        r.n_loss_tokens = r.n_tokens
+    for part in cit.values():
+        for r in part:
+            r.n_loss_tokens = max(1, r.n_tokens // 10)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_loss_token_count_puts_the_ratio_on_loss_bearing_tokens(ratio):
+    cpt, cit = corpus(0)
+    with_loss_tokens(cpt, cit)
+    by_all, _ = select(cpt, cit, SHARES, mix_cfg(cit_ratio=ratio), "parallel")
+    by_loss, budget = select(cpt, cit, SHARES, mix_cfg(cit_ratio=ratio, count="loss_tokens"),
+                             "parallel")  # fmt: skip
+    assert budget["count"] == "loss_tokens"
+    assert abs(cit_ratio(by_loss, loss_tokens) - ratio) <= 0.02
+    # Counted by all tokens, the CIT share is far from the target: prompts bear no loss.
+    assert cit_ratio(by_all, loss_tokens) < ratio / 2
+    assert len(by_loss) > len(by_all)
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.75, 0.9])

@@ -26,7 +26,7 @@ from cem.training.data import (
     tokenize_rows,
 )
 from cem.training.finetune import merged, prepare
-from cem.training.module import CemLM, block_causal_mask, lr_factor
+from cem.training.module import CemLM, block_causal_mask, lr_factor, warmup_steps
 from cem.training.train import run_train
 
 FACTS = [
@@ -193,10 +193,15 @@ def test_phases_in_order_and_shuffle_depends_on_seed_and_epoch():
 
 
 def test_lr_schedules():
-    assert lr_factor(0, 2, 10, "cosine") == 0.0 and lr_factor(1, 2, 10, "cosine") == 0.5
+    # The warm-up ramp starts above zero: no optimizer step runs at LR 0.
+    assert lr_factor(0, 2, 10, "cosine") == pytest.approx(1 / 3)
+    assert lr_factor(1, 2, 10, "cosine") == pytest.approx(2 / 3)
     assert lr_factor(2, 2, 10, "cosine") == 1.0 and lr_factor(10, 2, 10, "cosine") < 1e-9
     assert lr_factor(6, 2, 10, "linear") == pytest.approx(0.5)
     assert lr_factor(9, 2, 10, "constant") == 1.0
+    # A run too short for a warm-up step gets none: 5% of 6 steps is 0 steps.
+    assert warmup_steps(6, 0.05) == 0 and warmup_steps(60, 0.05) == 3
+    assert lr_factor(0, warmup_steps(6, 0.05), 6, "constant") == 1.0
 
 
 def test_lora_merge_gives_the_same_logits():
@@ -294,13 +299,34 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch, uninterrupted, every, stop_a
     m = run_train(cfg)
     assert saved["global_step"] == resume_at
     assert m["steps"] == ref["steps"] == 5
-    assert (m["loss_first"], m["loss_last"], m["target_tokens"]) == (
-        ref["loss_first"], ref["loss_last"], ref["target_tokens"])  # fmt: skip
+    keys = ("loss_first", "loss_last", "epoch_losses", "target_tokens", "reached_rows")
+    assert {k: m[k] for k in keys} == {k: ref[k] for k in keys}
     a, b = (
         load_file(tmp_path / "model/model.safetensors"),
         load_file(ref_dir / "model/model.safetensors"),
     )
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_epochs_reach_every_row_and_report_epoch_means(tmp_path):
+    write_set(tmp_path, small_set())
+    m = run_train(compose_train(tmp_path, "train.max_steps=-1", "train.epochs=2",
+                                "train.seq_len=48", "trainer.precision=32-true"))  # fmt: skip
+    assert m["rows_reached"] == m["rows_total"] == len(small_set())
+    assert m["reached_rows"] == list(range(len(small_set())))
+    assert [e["epoch"] for e in m["epoch_losses"]] == [0, 1]
+    assert m["loss_first"] == m["epoch_losses"][0]["loss"] > m["loss_last"]
+    assert {"loss_cpt", "loss_cit"} <= set(m["epoch_losses"][0])
+    # Every loss-bearing token of the set, once per epoch.
+    assert m["target_tokens"] == {k: 2 * n for k, n in m["data"]["target_tokens"].items()}
+
+
+def test_max_steps_below_an_epoch_reports_what_it_reached(tmp_path):
+    write_set(tmp_path, small_set())
+    m = run_train(compose_train(tmp_path, "train.max_steps=1", "train.seq_len=48",
+                                "train.batch_size=1"))  # fmt: skip
+    assert 0 < m["rows_reached"] < m["rows_total"]
+    assert len(m["epoch_losses"]) == 1  # the partial epoch is closed
 
 
 def test_bad_inputs(tmp_path):

@@ -20,7 +20,10 @@ from cem.errors import ConfigError, DataError
 
 SUMMARIES = "summaries_en-us.json"
 DEFAULTS = dict(
-    pool_fraction=0.2, exam_fraction=0.4, relations=list(W.RELATIONS), ood=list(W.OOD_SETS)
+    pool_fraction=0.2,
+    exam_fraction=0.4,
+    relations=list(W.RELATIONS),
+    transfer=list(W.TRANSFER_SETS),
 )
 
 
@@ -100,7 +103,7 @@ def test_other_seed_other_split(paths, sets):
 
 
 def test_set_names(sets):
-    assert list(sets) == ["pool", "exam", "test", "ood_reverse", "ood_borders"]
+    assert list(sets) == ["pool", "exam", "test", "transfer_reverse", "transfer_borders"]
     for name, items in sets.items():
         assert items and all(it.set == name for it in items)
         assert len({it.id for it in items}) == len(items)
@@ -165,23 +168,23 @@ def test_other_listed_languages_are_not_distractors(sets, countries):
             assert set(it.choices) & names == {"English"}
 
 
-def test_ood_sets_ask_about_exam_countries(sets):
+def test_transfer_sets_ask_about_exam_countries(sets):
     exam = set_countries(sets["exam"])
-    for name in ("ood_reverse", "ood_borders"):
+    for name in ("transfer_reverse", "transfer_borders"):
         assert set_countries(sets[name]) <= exam
 
 
-def test_ood_reverse_answers(sets, countries):
+def test_transfer_reverse_answers(sets, countries):
     by_ref = {W.ref(c.name): c for c in countries}
-    for it in sets["ood_reverse"]:
+    for it in sets["transfer_reverse"]:
         capital = it.stem.removesuffix(" is the capital of")
         assert by_ref[it.gold].facts["capital"] == capital
         assert all(by_ref[o].facts.get("capital") != capital for o in it.choices if o != it.gold)
 
 
-def test_ood_borders_answers(sets, countries):
+def test_transfer_borders_answers(sets, countries):
     by_ref = {W.ref(c.name): c for c in countries}
-    for it in sets["ood_borders"]:
+    for it in sets["transfer_borders"]:
         c = next(x for x in countries if x.name == it.meta["country"])
 
         def borders(o: W.Country, c: W.Country = c) -> bool:
@@ -192,8 +195,8 @@ def test_ood_borders_answers(sets, countries):
         assert c.name not in {by_ref[o].name for o in it.choices}
 
 
-def test_ood_can_be_switched_off(paths):
-    got = build(paths, ood=[], relations=["capital"])
+def test_transfer_can_be_switched_off(paths):
+    got = build(paths, transfer=[], relations=["capital"])
     assert list(got) == ["pool", "exam", "test"]
     assert {it.subject for it in got["exam"]} == {"capital"}
 
@@ -227,7 +230,7 @@ def test_ref_adds_the_article():
         ({"relations": ["capital", "anthem"]}, "benchmark.relations"),
         ({"relations": ["capital", "capital"]}, "benchmark.relations"),
         ({"relations": []}, "benchmark.relations"),
-        ({"ood": ["rivers"]}, "benchmark.ood"),
+        ({"transfer": ["rivers"]}, "benchmark.transfer"),
     ],
 )
 def test_bad_config_raises_before_reading(tmp_path, overrides, key):

@@ -28,7 +28,7 @@ def load_world(b: DictConfig) -> dict[str, list[MCItem]]:
         pool_fraction=b.pool_fraction,
         exam_fraction=b.exam_fraction,
         relations=list(b.relations),
-        ood=list(b.ood),
+        transfer=list(b.transfer),
     )
 
 

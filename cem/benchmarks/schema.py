@@ -18,7 +18,7 @@ class MCItem:
         choices: option texts, in order (lettered A, B, ... where they are shown).
         answer: index of the right option in ``choices``.
         subject: discipline or relation (``capital``, ``History``...).
-        set: ``pool``, ``exam``, ``test``, ``ood_reverse``, ``ood_borders`` or a user's name.
+        set: ``pool``, ``exam``, ``test``, ``transfer_reverse``, ``transfer_borders`` or a user's name.
         source: where it came from (``path:line`` for files, the asset name otherwise).
         stem: the cloze stem for the cloze formulation (CF), e.g. "The capital of Bhutan is";
             None means CF uses ``question`` (a ``_____`` blank takes the option in its place).

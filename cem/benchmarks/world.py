@@ -3,8 +3,10 @@
 Facts come from the countryinfo JSON files, limited to countries that have an article in
 the offline Wikipedia summaries (the knowledge source retrieval draws from). Countries,
 not items, are split into the instruction pool, the exam set E and the held-out test set
-T, so no country's facts cross sets. The out-of-domain sets ask other kinds of question
-about the exam countries. Everything is seeded: the same inputs and seed give the same
+T, so no country's facts cross sets. The transfer sets ask other kinds of question about
+the exam countries (what the exam's knowledge should carry over to); they are not
+out-of-domain, so forgetting outside the benchmark is measured by the general probe
+(``cem.benchmarks.probe``). Everything is seeded: the same inputs and seed give the same
 items.
 """
 
@@ -38,7 +40,7 @@ from cem.benchmarks.world_tables import (
 from cem.errors import ConfigError, DataError
 
 RELATIONS = ("capital", "region", "subregion", "language", "currency", "demonym")
-OOD_SETS = ("reverse", "borders")
+TRANSFER_SETS = ("reverse", "borders")
 SOURCE = "countryinfo"
 N_DISTRACTORS = 3
 
@@ -54,7 +56,7 @@ class Country:
         facts: relation -> the answer text, for the relations it has a value for.
         also_right: relation -> casefolded texts that must not be distractors (every
             listed language or currency, not only the first).
-        region: raw countryinfo region (groups distractors for the OOD sets).
+        region: raw countryinfo region (groups distractors for the transfer sets).
         borders: alpha-3 codes of its land neighbours.
     """
 
@@ -83,9 +85,9 @@ def slug(text: str) -> str:
 
 
 def check_world_config(
-    pool_fraction: float, exam_fraction: float, relations: list[str], ood: list[str]
+    pool_fraction: float, exam_fraction: float, relations: list[str], transfer: list[str]
 ) -> None:
-    """Raise ConfigError for a bad split or an unknown relation or OOD set name."""
+    """Raise ConfigError for a bad split or an unknown relation or transfer set name."""
     for key, value in (("pool_fraction", pool_fraction), ("exam_fraction", exam_fraction)):
         if not 0 < value < 1:
             raise ConfigError(
@@ -98,7 +100,10 @@ def check_world_config(
             f"plus benchmark.pool_fraction ({pool_fraction}) must be < 1 so the test set is not empty",
             "benchmark.pool_fraction=0.2 benchmark.exam_fraction=0.4",
         )
-    for key, names, allowed in (("relations", relations, RELATIONS), ("ood", ood, OOD_SETS)):
+    for key, names, allowed in (
+        ("relations", relations, RELATIONS),
+        ("transfer", transfer, TRANSFER_SETS),
+    ):
         unknown = [n for n in names if n not in allowed]
         if unknown or len(set(names)) != len(names):
             raise ConfigError(
@@ -325,7 +330,9 @@ def reverse_items(exam: list[Country], everyone: list[Country], seed: int) -> li
             texts = (f"{cap} is the capital of which country?", f"{cap} is the capital of")
             others = _same_region_first(c, everyone, set())
             items.append(
-                _item(c, "reverse", "ood_reverse", texts, ref(c.name), others, frozenset(), seed)
+                _item(
+                    c, "reverse", "transfer_reverse", texts, ref(c.name), others, frozenset(), seed
+                )
             )
     return [it for it in items if it]
 
@@ -353,7 +360,7 @@ def borders_items(exam: list[Country], everyone: list[Country], seed: int) -> li
             _item(
                 c,
                 "borders",
-                "ood_borders",
+                "transfer_borders",
                 texts,
                 ref(by_code[pick].name),
                 others,
@@ -372,7 +379,7 @@ def build_world(
     pool_fraction: float,
     exam_fraction: float,
     relations: list[str],
-    ood: list[str],
+    transfer: list[str],
 ) -> dict[str, list[MCItem]]:
     """Build the ``world`` benchmark from plain paths.
 
@@ -383,12 +390,13 @@ def build_world(
         pool_fraction: share of countries for the instruction pool.
         exam_fraction: share for the exam set E; the test set T gets the rest.
         relations: in-domain relations, a subset of ``RELATIONS``.
-        ood: out-of-domain sets, a subset of ``OOD_SETS``; each becomes ``ood_<name>``.
+        transfer: transfer sets, a subset of ``TRANSFER_SETS``; each becomes
+            ``transfer_<name>``.
 
     Returns:
-        ``pool``, ``exam``, ``test`` and one ``ood_<name>`` per OOD set, in that order.
+        ``pool``, ``exam``, ``test`` and one ``transfer_<name>`` per transfer set, in order.
     """
-    check_world_config(pool_fraction, exam_fraction, relations, ood)
+    check_world_config(pool_fraction, exam_fraction, relations, transfer)
     countries = load_countries(countryinfo_dir, load_summaries(summaries_path))
     splits = split_countries(countries, seed, pool_fraction, exam_fraction)
     # Distractors come from every country's values, so all sets share one vocabulary.
@@ -397,9 +405,9 @@ def build_world(
         name: [it for r in relations for it in relation_items(members, r, vocab[r], seed, name)]
         for name, members in splits.items()
     }
-    ood_builders = {"reverse": reverse_items, "borders": borders_items}
-    for name in ood:
-        sets[f"ood_{name}"] = ood_builders[name](splits["exam"], countries, seed)
+    builders = {"reverse": reverse_items, "borders": borders_items}
+    for name in transfer:
+        sets[f"transfer_{name}"] = builders[name](splits["exam"], countries, seed)
     return sets
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.schema import MCItem
-from cem.config import resolve_run_dir
+from cem.config import TokenCount, resolve_run_dir
 from cem.curriculum.extractive import MAX_PARAPHRASES
 from cem.curriculum.mixing import PARADIGMS, cit_ratio, order_rows, replay_rows, select
 from cem.curriculum.render import CIT_KINDS, COLUMNS, KINDS, Renderer, Row
@@ -216,6 +216,7 @@ def write_train_set(run_dir: Path, rows: Sequence[Row], stats: dict) -> Path:
             ("source_ids", pa.list_(pa.string())),
             ("phase", pa.int64()),
             ("n_tokens", pa.int64()),
+            ("n_loss_tokens", pa.int64()),
         ]
     )
     table = pa.Table.from_pylist([r.to_dict() for r in rows], schema=schema)
@@ -235,6 +236,7 @@ def kind_stats(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
             out[kind] = {
                 "rows": len(part),
                 "tokens": sum(r.n_tokens for r in part),
+                "loss_tokens": sum(r.n_loss_tokens for r in part),
                 "unique": unique,
             }
     return out
@@ -266,8 +268,12 @@ def cpt_rows(passages: Sequence[Passage], round_: int) -> list[Row]:
 
 
 def related_titles(passages: Sequence[Passage], sets: dict[str, list[MCItem]]) -> list[str]:
-    """Titles General must avoid: every passage's, and every article a benchmark item is about."""
+    """Titles General must avoid: every passage's, every article a benchmark item is about,
+    and the general probe's (held out to measure forgetting)."""
+    from cem.benchmarks.probe import probe_passages
+
     titles = [t for p in passages for t in (p.title, p.doc_id)]
+    titles += [p.title for p in probe_passages()]
     for items in sets.values():
         titles += [
             str(it.meta[k]) for it in items for k in ("wiki_title", "country") if k in it.meta
@@ -387,22 +393,33 @@ def run_build(
 
 
 def _stats(cfg, rows, budget, cit, drops, earlier, passages, mistakes) -> dict:
+    from cem.curriculum.mixing import SIZES, all_tokens, loss_tokens
+
     by_kind = kind_stats(rows)
-    ratio = cit_ratio(rows)
+    ratio = cit_ratio(rows, SIZES[TokenCount(cfg.mix.count)])
+
+    def tokens(key: str) -> dict[str, int]:
+        return {
+            "cpt": by_kind.get("cpt", {}).get(key, 0),
+            "cit": sum(by_kind.get(k, {}).get(key, 0) for k in CIT_KINDS),
+            "replay": by_kind.get("replay", {}).get(key, 0),
+            "total": sum(v[key] for v in by_kind.values()),
+        }
+
+    shares = {name: cit_ratio(rows, size) for name, size in
+              (("all_tokens", all_tokens), ("loss_tokens", loss_tokens))}  # fmt: skip
     return {
         "round": cfg.round,
         "paradigm": cfg.paradigm.name,
         "protocol": cfg.protocol.name,
         "seed": {"build": cfg.seed, "mix": cfg.mix.seed, "replay": cfg.replay.seed},
         "cit_ratio_target": cfg.mix.cit_ratio,
+        "count": TokenCount(cfg.mix.count).value,
         "cit_ratio": None if ratio is None else round(ratio, 6),
+        "cit_ratio_by_count": {k: None if v is None else round(v, 6) for k, v in shares.items()},
         "rows": len(rows),
-        "tokens": {
-            "cpt": by_kind.get("cpt", {}).get("tokens", 0),
-            "cit": sum(by_kind.get(k, {}).get("tokens", 0) for k in CIT_KINDS),
-            "replay": by_kind.get("replay", {}).get("tokens", 0),
-            "total": sum(r.n_tokens for r in rows),
-        },
+        "tokens": tokens("tokens"),  # every token, prompts included
+        "loss_tokens": tokens("loss_tokens"),  # the tokens that bear loss
         "by_kind": by_kind,
         "candidates": {k: len(v) for k, v in cit.items()},  # per CIT type, after the guard
         "leak_drops": dict(drops) if cfg.protocol.name == "heldout" else None,

@@ -1,10 +1,13 @@
 """Extractive instructions: reading comprehension aimed at the mistake's missing fact.
 
 For each mistake and each passage retrieved for it, the *fact sentences* are those that
-hold the gold answer (``gold_text``); a passage without it gives its one sentence with the
-most query keywords. The answer is that span (the gold answer, else the keyword). A probe
-found that clozes on random spans never hit the missing fact, so spans are never chosen
-at random.
+hold the gold answer (``gold_text``), and the blank is the gold answer's span: that is the
+missing fact. Sentences that also name the question's subject (its keywords, e.g. the
+country) come first. A passage without the gold answer gives the sentences that state
+another value of the mistake's relation (one of its other options, e.g. another capital),
+with that value blanked: a true fact of the same kind, from the text. A passage with
+neither gives no row. A probe found that clozes on random spans, or on the subject's name,
+never hit the missing fact, so spans are never chosen at random.
 
 The question comes from ``extractive.question_source``:
 
@@ -37,7 +40,7 @@ from omegaconf import DictConfig
 
 from cem.curriculum.render import Renderer, Row
 from cem.errors import CemError
-from cem.knowledge.keypoints import content_words
+from cem.knowledge.keypoints import content_words, find_span
 from cem.knowledge.types import Passage
 
 BLANK = "____"
@@ -88,13 +91,6 @@ def split_sentences(text: str) -> list[str]:
     return parts
 
 
-def find_span(sentence: str, phrase: str) -> re.Match | None:
-    """``phrase`` in ``sentence`` as whole words, ignoring case."""
-    if not phrase.strip():
-        return None
-    return re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", sentence, re.IGNORECASE)
-
-
 def mistake_keywords(mistake: dict) -> list[str]:
     """The mistake's keywords, else the content words of its queries."""
     words = [k for k in mistake.get("keywords") or [] if k.strip()]
@@ -121,18 +117,26 @@ class Fact:
 
 
 def facts_of(mistake: dict, passage: Passage) -> list[Fact]:
-    """Sentences holding the gold answer; else the one with the most keywords (blanking one)."""
+    """The passage's sentences that state the mistake's answer, blanked there.
+
+    The gold answer's sentences when the passage holds it; else the sentences stating one
+    of the mistake's other options (a value of the same relation); else none. Sentences
+    that name the question's subject come first, each group in text order.
+    """
     sents = split_sentences(passage.text)
-    gold = [(s, m) for s in sents if (m := find_span(s, mistake.get("gold_text") or ""))]
-    if gold:
-        return [Fact(s, m.span(), passage) for s, m in gold]
-    keywords = [k for k in mistake_keywords(mistake) if k != mistake.get("gold_text")]
-    best: tuple[int, str, re.Match] | None = None
-    for s in sents:
-        hits = [m for k in keywords if (m := find_span(s, k))]
-        if hits and (best is None or len(hits) > best[0]):
-            best = (len(hits), s, hits[0])
-    return [Fact(best[1], best[2].span(), passage)] if best else []
+    gold = mistake.get("gold_text") or ""
+    others = [c for c in mistake.get("choices") or [] if c and c.casefold() != gold.casefold()]
+    for answers in ([gold], others):
+        found = []
+        for s in sents:
+            m = next((m for a in answers if (m := find_span(s, a))), None)
+            if m is not None:
+                found.append(Fact(s, m.span(), passage))
+        if found:
+            subject = [k for k in mistake_keywords(mistake) if k.casefold() != gold.casefold()]
+            named = [f for f in found if any(find_span(f.sentence, k) for k in subject)]
+            return named + [f for f in found if f not in named]
+    return []
 
 
 def topic_of(passage: Passage, mistake: dict) -> str:

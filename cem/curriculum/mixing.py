@@ -1,7 +1,9 @@
 """How CPT and CIT share the training tokens, the paradigm's order, and replay.
 
 ``mix.cit_ratio`` r is the CIT share of this round's new tokens (replay comes on top and
-is reported apart). The CPT text is the anchor: the CIT budget is CPT tokens x r/(1-r),
+is reported apart), counted as ``mix.count`` says: ``loss_tokens`` counts the tokens that
+bear loss (a CIT row's response, every token of a CPT row), ``all_tokens`` counts prompts
+too. The budgets below are in that count. The CPT text is the anchor: the CIT budget is CPT tokens x r/(1-r),
 unless ``mix.max_tokens`` caps the total, in which case the CPT text is first cut to
 (1-r) x max_tokens. The CIT budget is split over the enabled types by ``share``
 (normalised over the types that have items); a seeded sampler draws each type's items,
@@ -17,23 +19,41 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from omegaconf import DictConfig
 
+from cem.config import TokenCount
 from cem.curriculum.render import CIT_KINDS, Row
 from cem.errors import ConfigError
 
 PARADIGMS = ("parallel", "sequential", "cpt_only", "cit_only")
+Size = Callable[[Row], int]  # how many tokens a row counts for
 
 
-def tokens_of(rows: Sequence[Row]) -> int:
-    return sum(r.n_tokens for r in rows)
+def all_tokens(row: Row) -> int:
+    return row.n_tokens
 
 
-def fill_repeat(items: Sequence[Row], target: int, rng: random.Random) -> list[Row]:
+def loss_tokens(row: Row) -> int:
+    return row.n_loss_tokens
+
+
+SIZES: dict[TokenCount, Size] = {
+    TokenCount.loss_tokens: loss_tokens,
+    TokenCount.all_tokens: all_tokens,
+}
+
+
+def tokens_of(rows: Sequence[Row], size: Size = all_tokens) -> int:
+    return sum(size(r) for r in rows)
+
+
+def fill_repeat(
+    items: Sequence[Row], target: int, rng: random.Random, size: Size = all_tokens
+) -> list[Row]:
     """Seeded passes over ``items`` (reshuffled each pass) until ``target`` tokens, closest."""
-    items = [r for r in items if r.n_tokens > 0]
+    items = [r for r in items if size(r) > 0]
     chosen: list[Row] = []
     total, order = 0, []
     while items and total < target:
@@ -41,31 +61,33 @@ def fill_repeat(items: Sequence[Row], target: int, rng: random.Random) -> list[R
             order = list(items)
             rng.shuffle(order)
         row = order.pop()
-        if total + row.n_tokens > target:
+        if total + size(row) > target:
             # The next draw overshoots: take whichever item lands closest instead, and stop
             # unless it still leaves room.
-            row = min(items, key=lambda r: abs(target - total - r.n_tokens))
-            if abs(target - total - row.n_tokens) >= target - total:
+            row = min(items, key=lambda r: abs(target - total - size(r)))
+            if abs(target - total - size(row)) >= target - total:
                 break
         chosen.append(dataclasses.replace(row))
-        total += row.n_tokens
+        total += size(row)
     return chosen
 
 
-def fill_subset(items: Sequence[Row], target: int, rng: random.Random) -> list[Row]:
+def fill_subset(
+    items: Sequence[Row], target: int, rng: random.Random, size: Size = all_tokens
+) -> list[Row]:
     """A seeded subset of ``items`` (each at most once) whose tokens come closest to ``target``."""
-    order = [r for r in items if r.n_tokens > 0]
+    order = [r for r in items if size(r) > 0]
     rng.shuffle(order)
     chosen, skipped, total = [], [], 0
     for row in order:
-        if total + row.n_tokens <= target:
+        if total + size(row) <= target:
             chosen.append(row)
-            total += row.n_tokens
+            total += size(row)
         else:
             skipped.append(row)
     if skipped and total < target:
-        row = min(skipped, key=lambda r: abs(target - total - r.n_tokens))
-        if abs(target - total - row.n_tokens) < target - total:
+        row = min(skipped, key=lambda r: abs(target - total - size(r)))
+        if abs(target - total - size(row)) < target - total:
             chosen.append(row)
     return chosen
 
@@ -84,6 +106,7 @@ def sample_cit(
     shares: Mapping[str, float],
     budget: int,
     rng: random.Random,
+    size: Size = all_tokens,
 ) -> list[Row]:
     """CIT rows filling ``budget`` tokens, split over the types by ``shares`` (normalised)."""
     norm = normalised_shares(by_type, shares)
@@ -99,8 +122,8 @@ def sample_cit(
     for kind, share in norm.items():
         cum_share += share
         # Aim each type at the cumulative target, so one type's shortfall carries forward.
-        target = round(cum_share * budget) - tokens_of(chosen)
-        chosen += fill_repeat(by_type[kind], target, rng)
+        target = round(cum_share * budget) - tokens_of(chosen, size)
+        chosen += fill_repeat(by_type[kind], target, rng, size)
     return chosen
 
 
@@ -122,7 +145,8 @@ def select(
         ConfigError: the ratio or paradigm is impossible with the rows at hand.
     """
     rng = random.Random(mix.seed)
-    r, cap = mix.cit_ratio, mix.max_tokens
+    r, cap, count = mix.cit_ratio, mix.max_tokens, TokenCount(mix.count)
+    size = SIZES[count]
     all_cit = [row for kind in CIT_KINDS for row in cit_by_type.get(kind, [])]
     if paradigm == "cit_only":
         if not all_cit:
@@ -132,8 +156,8 @@ def select(
                 "needs CIT items; none were built",
                 "instructions=all, or paradigm=parallel",
             )
-        cit = sample_cit(cit_by_type, shares, cap, rng) if cap else list(all_cit)
-        return cit, _budget(cpt, [], cit, tokens_of(cit), cit_by_type, shares)
+        cit = sample_cit(cit_by_type, shares, cap, rng, size) if cap else list(all_cit)
+        return cit, _budget(cpt, [], cit, tokens_of(cit, size), cit_by_type, shares, count)
     if not cpt:
         raise NoCptText(
             "paradigm",
@@ -143,9 +167,9 @@ def select(
         )
     kept = list(cpt)
     if paradigm == "cpt_only":
-        if cap and tokens_of(cpt) > cap:
-            kept = fill_subset(cpt, cap, rng)
-        return kept, _budget(cpt, kept, [], 0, cit_by_type, shares)
+        if cap and tokens_of(cpt, size) > cap:
+            kept = fill_subset(cpt, cap, rng, size)
+        return kept, _budget(cpt, kept, [], 0, cit_by_type, shares, count)
     if r >= 1:
         raise ConfigError(
             "mix.cit_ratio",
@@ -153,8 +177,8 @@ def select(
             f"must be < 1 under paradigm={paradigm} (the CPT text anchors the budget)",
             "mix.cit_ratio=0.5 or paradigm=cit_only",
         )
-    if cap and tokens_of(cpt) > (1 - r) * cap:
-        kept = fill_subset(cpt, round((1 - r) * cap), rng)
+    if cap and tokens_of(cpt, size) > (1 - r) * cap:
+        kept = fill_subset(cpt, round((1 - r) * cap), rng, size)
         if not kept:
             raise ConfigError(
                 "mix.max_tokens",
@@ -162,9 +186,9 @@ def select(
                 "is smaller than any CPT passage",
                 f"mix.max_tokens={10 * cap}",
             )
-    budget = round(tokens_of(kept) * r / (1 - r))
-    cit = sample_cit(cit_by_type, shares, budget, rng)
-    return kept + cit, _budget(cpt, kept, cit, budget, cit_by_type, shares)
+    budget = round(tokens_of(kept, size) * r / (1 - r))
+    cit = sample_cit(cit_by_type, shares, budget, rng, size)
+    return kept + cit, _budget(cpt, kept, cit, budget, cit_by_type, shares, count)
 
 
 def _budget(
@@ -174,12 +198,15 @@ def _budget(
     budget: int,
     by_type: Mapping[str, Sequence[Row]],
     shares: Mapping[str, float],
+    count: TokenCount,
 ) -> dict:
+    size = SIZES[count]
     return {
-        "cpt_available_tokens": tokens_of(cpt),
-        "cpt_tokens": tokens_of(kept),
+        "count": count.value,
+        "cpt_available_tokens": tokens_of(cpt, size),
+        "cpt_tokens": tokens_of(kept, size),
         "cit_budget": budget,
-        "cit_tokens": tokens_of(cit),
+        "cit_tokens": tokens_of(cit, size),
         "shares": normalised_shares(by_type, shares),
         "empty_types": [k for k in CIT_KINDS if k in by_type and not by_type[k]],
     }
@@ -215,8 +242,8 @@ def order_rows(rows: Sequence[Row], paradigm: str, seed: int) -> list[Row]:
     return out
 
 
-def cit_ratio(rows: Sequence[Row]) -> float | None:
+def cit_ratio(rows: Sequence[Row], size: Size = all_tokens) -> float | None:
     """The CIT share of the tokens of this round's new rows (replay left out)."""
-    cpt = sum(r.n_tokens for r in rows if r.kind == "cpt")
-    cit = sum(r.n_tokens for r in rows if r.kind in CIT_KINDS)
+    cpt = sum(size(r) for r in rows if r.kind == "cpt")
+    cit = sum(size(r) for r in rows if r.kind in CIT_KINDS)
     return cit / (cpt + cit) if cpt + cit else None

@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 PLAIN_TURN = "### Instruction:\n{user}\n\n### Response:\n"
-COLUMNS = ("prompt", "response", "kind", "round", "source_ids", "phase", "n_tokens")
+COLUMNS = ("prompt", "response", "kind", "round", "source_ids", "phase", "n_tokens",
+           "n_loss_tokens")  # fmt: skip
 CIT_KINDS = ("normative", "extractive", "review", "general")
 KINDS = ("cpt", *CIT_KINDS, "replay")
 
@@ -34,6 +35,7 @@ class Row:
         source_ids: mistake ids, document ids or pool item ids it came from.
         phase: the trainer consumes phases in order (sequential: CPT 0, CIT 1).
         n_tokens: prompt + response tokens with the model's tokenizer.
+        n_loss_tokens: the tokens that bear loss: the response's (CIT), every token (CPT).
         raw: the instruction and answer without template tokens, which the leak guard
             checks as well as the rendered text (not written).
     """
@@ -45,6 +47,7 @@ class Row:
     source_ids: list[str] = field(default_factory=list)
     phase: int = 0
     n_tokens: int = 0
+    n_loss_tokens: int = 0
     raw: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,7 +112,8 @@ class Renderer:
         return "".join(parts)
 
     def count(self, rows: list[Row]) -> list[Row]:
-        """Set each row's ``n_tokens`` (prompt and response tokenised apart, as the trainer does)."""
+        """Set each row's ``n_tokens`` and ``n_loss_tokens`` (prompt and response tokenised
+        apart, as the trainer does)."""
         if not rows:
             return rows
         tok = self.tokenizer
@@ -117,6 +121,7 @@ class Renderer:
         responses = tok([r.response for r in rows], add_special_tokens=False)["input_ids"]
         for row, p, a in zip(rows, prompts, responses, strict=True):
             row.n_tokens = len(p) + len(a)
+            row.n_loss_tokens = len(a) if row.response else len(p)
         return rows
 
 

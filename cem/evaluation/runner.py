@@ -50,11 +50,25 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     records = evaluate(model, tokenizer, sets, cfg.eval, cfg.benchmark, cfg.model.max_length)
     t2 = time.perf_counter()
     metrics = summarise(records)
+    if cfg.eval.general_probe:
+        from cem.benchmarks.probe import probe_passages
+        from cem.evaluation.probe import general_nll
+
+        probe = general_nll(model, tokenizer, probe_passages())
+        write_json(out / "general.json", probe)
+        console.print(f"general probe: {probe['general_nll']:.4f} NLL per token "
+                      f"({probe['tokens']} tokens of {probe['passages']} passages)")  # fmt: skip
+    t3 = time.perf_counter()
     write_jsonl(out / "records.jsonl", records)
     write_json(out / "metrics.json", metrics)
     write_json(
         out / "timing.json",
-        {"load_s": t1 - t0, "score_s": t2 - t1, "questions_per_s": n / max(t2 - t1, 1e-9)},
+        {
+            "load_s": t1 - t0,
+            "score_s": t2 - t1,
+            "probe_s": t3 - t2,
+            "questions_per_s": n / max(t2 - t1, 1e-9),
+        },  # fmt: skip
     )
     console.print(metrics_table(metrics, title=f"{cfg.model.name} · {cfg.benchmark.name}"))
     console.print(

@@ -58,6 +58,9 @@ def whitespace_tokens(text: str) -> int:
 def load_wiki_summaries(path: str | os.PathLike | None = None) -> list[Document]:
     """Load the offline Wikipedia summaries as ``(title, title, extract)`` documents.
 
+    The general probe's passages (``cem.benchmarks.probe``) are left out: they measure
+    forgetting, so no source may retrieve them.
+
     Args:
         path: the summaries JSON file or the folder holding it; None: the
             ``wiki-summaries-en`` asset (fetched on first use).
@@ -80,11 +83,16 @@ def load_wiki_summaries(path: str | os.PathLike | None = None) -> list[Document]
         raise DataError(path, None, f"cannot read ({e})") from None
     if not isinstance(data, dict):
         raise DataError(path, None, "expected a JSON object mapping title -> summary")
+    from cem.benchmarks.probe import probe_titles
+
+    held_out = probe_titles()
     docs = []
     for key, entry in data.items():
         text = entry.get("extract", "") if isinstance(entry, dict) else ""
         if isinstance(text, str) and text.strip():
             title = entry.get("title") or key
+            if str(key).casefold() in held_out or str(title).casefold() in held_out:
+                continue
             docs.append(Document(doc_id=str(key), title=str(title), text=text.strip()))
     if not docs:
         raise DataError(path, None, "no summaries with a non-empty 'extract'")

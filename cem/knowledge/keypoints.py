@@ -53,6 +53,18 @@ def content_words(text: str) -> list[str]:
     return list(dict.fromkeys(words))
 
 
+def find_span(text: str, phrase: str) -> re.Match | None:
+    """``phrase`` in ``text`` as whole words, ignoring case (None for an empty phrase)."""
+    if not phrase.strip():
+        return None
+    return re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", text, re.IGNORECASE)
+
+
+def holds_answer(text: str, answer: str) -> bool:
+    """Does ``text`` state ``answer`` (whole words, any case)? The one rule for a "hit"."""
+    return find_span(text, answer) is not None
+
+
 def rule_keypoints(question: str, answer: str, n_queries: int = 2) -> KeyPoints:
     """Entities (or, without any, content words) of the question, plus the gold answer."""
     ents = entities(question)

@@ -161,10 +161,13 @@ class LeakGuard:
 
 
 def guard_pairs(sets: Mapping[str, Sequence[Any]]) -> list[tuple[str, str]]:
-    """(question, answer) and (stem, answer) of every evaluation item (every set but the pool)."""
+    """(question, answer) and (stem, answer) of every evaluation item (every set but the
+    pool), and each general-probe passage with an empty answer (its n-grams: the probe
+    measures forgetting, so no copy of it may be trained on)."""
+    from cem.benchmarks.probe import probe_texts
     from cem.benchmarks.prompts import BLANK
 
-    pairs = []
+    pairs = [(text, "") for text in probe_texts()]
     for name, items in sets.items():
         if name == "pool":
             continue

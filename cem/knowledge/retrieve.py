@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from cem.config import resolve_run_dir
 from cem.errors import CemError
 from cem.io import read_jsonl, write_json, write_jsonl
-from cem.knowledge.keypoints import KeyPoints, llm_keypoints, rule_keypoints
+from cem.knowledge.keypoints import KeyPoints, holds_answer, llm_keypoints, rule_keypoints
 from cem.knowledge.types import Passage
 from cem.validate import RETRIEVE_CHECKS, validate
 
@@ -100,7 +100,7 @@ def retrieve_passages(source, mistakes: list[dict], kps: list[KeyPoints], k: int
     return passages
 
 
-def guard_pairs(records: Iterable[dict], sets: dict) -> list[tuple[str, str]]:
+def record_guard_pairs(records: Iterable[dict], sets: dict) -> list[tuple[str, str]]:
     """The evaluation items of the benchmark (``leak.guard_pairs``) plus the scored records."""
     from cem.knowledge.leak import guard_pairs as benchmark_pairs
 
@@ -108,12 +108,14 @@ def guard_pairs(records: Iterable[dict], sets: dict) -> list[tuple[str, str]]:
 
 
 def hit_rate(mistakes: list[dict], passages: list[Passage]) -> float:
-    """Share of mistakes whose gold answer occurs in at least one of their passages."""
+    """Share of mistakes whose gold answer one of their passages states (``holds_answer``)."""
     texts: dict[str, list[str]] = {}
     for p in passages:
         for mid in p.mistake_ids:
-            texts.setdefault(mid, []).append(p.text.lower())
-    hits = sum(any(m["gold_text"].lower() in t for t in texts.get(m["id"], [])) for m in mistakes)
+            texts.setdefault(mid, []).append(p.text)
+    hits = sum(
+        any(holds_answer(t, m["gold_text"]) for t in texts.get(m["id"], [])) for m in mistakes
+    )
     return hits / len(mistakes) if mistakes else 0.0
 
 
@@ -158,7 +160,7 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     seconds["search"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    guard = LeakGuard.from_items(guard_pairs(records, load_benchmark(cfg.benchmark)),
+    guard = LeakGuard.from_items(record_guard_pairs(records, load_benchmark(cfg.benchmark)),
                                  cfg.knowledge.leak_ngram)  # fmt: skip
     kept, clean = clean_passages(passages, guard, cfg.knowledge, count)
     tokens = sum(count(p.text) for p in kept)

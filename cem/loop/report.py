@@ -213,9 +213,9 @@ def _cell(st: Stat | None, scale: float, digits: int) -> str:
 
 def columns(stats: list[dict[str, Stat]]) -> list[tuple[str, str, float, int]]:
     """The fixed columns, then each out-of-domain set's accuracy after ``test``."""
-    ood = sorted({k for s in stats for k in s if k.startswith("acc/") and k not in
+    other = sorted({k for s in stats for k in s if k.startswith("acc/") and k not in
                   ("acc/exam", "acc/test", "acc/pool")})  # fmt: skip
-    extra = [(k, k.split("/", 1)[1], 100, 1) for k in ood]
+    extra = [(k, k.split("/", 1)[1], 100, 1) for k in other]
     return COLUMNS[:2] + extra + COLUMNS[2:]
 
 

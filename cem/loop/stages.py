@@ -169,5 +169,13 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, max_steps: int)
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
     job = job_config(TrainJob, cfg, folder, train={"max_steps": max_steps})
     m = train_round(job, folder, base)
-    keys = ("steps", "loss_first", "loss_last", "train_s", "tokens_per_s")
+    keys = (
+        "steps",
+        "loss_first",
+        "loss_last",
+        "rows_reached",
+        "rows_total",
+        "train_s",
+        "tokens_per_s",
+    )
     return {k: m[k] for k in keys}

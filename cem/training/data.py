@@ -41,6 +41,7 @@ class Example:
     targets: list[int]
     kind: int  # index into KINDS
     phase: int
+    row: int = -1  # its row in train.parquet (diagnostics: which rows training reached)
 
 
 def read_train_set(path: Path) -> list[dict]:
@@ -83,7 +84,7 @@ def tokenize_rows(rows: list[dict], tokenizer, seq_len: int) -> tuple[list[Examp
     ]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     examples, truncated = [], 0
-    for row, p, r in zip(rows, prompts, responses, strict=True):
+    for i, (row, p, r) in enumerate(zip(rows, prompts, responses, strict=True)):
         if bos is not None and len(p) > 1 and p[0] == p[1] == bos:
             p = p[1:]  # the prompt text already opened with BOS (a rendered chat template)
         cit = bool(row["response"])
@@ -94,7 +95,7 @@ def tokenize_rows(rows: list[dict], tokenizer, seq_len: int) -> tuple[list[Examp
         # Labels: CIT learns the response and EOS; CPT every token after the first.
         labels = [IGNORE] * len(p) + ids[len(p) :] if cit else [IGNORE, *ids[1:]]
         targets = labels[1:] + [IGNORE]  # shift: position t predicts token t + 1
-        examples.append(Example(ids, targets, KINDS.index(row["kind"]), int(row["phase"])))
+        examples.append(Example(ids, targets, KINDS.index(row["kind"]), int(row["phase"]), i))
     return examples, truncated
 
 
@@ -162,7 +163,10 @@ class SequenceDataset(Dataset):
 
 
 def collate(batch: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad sequences to the longest in the batch; pads get segment -1 and no loss."""
+    """Right-pad sequences to the longest in the batch; pads get segment -1 and no loss.
+
+    ``rows`` lists the train.parquet row of every example in the batch.
+    """
     width = max(sum(len(ex.input_ids) for ex in seq) for seq in batch)
     shape = (len(batch), width)
     out = {
@@ -171,6 +175,7 @@ def collate(batch: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
         "position_ids": torch.zeros(shape, dtype=torch.long),
         "segment_ids": torch.full(shape, -1, dtype=torch.long),
         "kinds": torch.full(shape, -1, dtype=torch.long),
+        "rows": torch.tensor([ex.row for seq in batch for ex in seq], dtype=torch.long),
     }
     for b, seq in enumerate(batch):
         start = 0

@@ -40,10 +40,20 @@ def block_causal_mask(segment_ids: torch.Tensor, impl: str, dtype: torch.dtype) 
     )  # fmt: skip
 
 
+def warmup_steps(total: int, ratio: float) -> int:
+    """Warm-up steps of a run of ``total`` optimizer steps: ``floor(ratio * total)``, so a
+    run too short for a warm-up step gets none."""
+    return math.floor(ratio * total)
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """The LR multiplier at ``step``: linear warmup, then cosine, linear or constant decay."""
+    """The LR multiplier at ``step``: linear warmup, then cosine, linear or constant decay.
+
+    The ramp is ``(step + 1) / (warmup + 1)``: it starts above zero, so no optimizer step
+    is wasted at LR 0, and reaches the full LR at step ``warmup``.
+    """
     if step < warmup:
-        return step / max(1, warmup)
+        return (step + 1) / (warmup + 1)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -76,7 +86,7 @@ class CemLM(L.LightningModule):
         weights = torch.tensor([float(kind_weights[k]) for k in KINDS])
         self.register_buffer("kind_weights", weights, persistent=False)
         # Running totals; checkpointed, so a resumed run reports the same numbers.
-        self.totals = {"tokens": dict.fromkeys(KINDS, 0), "first_loss": None, "last_loss": None}
+        self.totals = new_totals()
         self._clock: float | None = None
         self.throughput = {"tokens": 0, "seconds": 0.0}  # not checkpointed: wall time
 
@@ -103,29 +113,45 @@ class CemLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         ce, kinds = self.token_losses(batch)
-        loss = (self.kind_weights[kinds] * ce).sum() / max(ce.numel(), 1)
-        self._log_step(loss.detach(), ce.detach(), kinds, batch)
+        weighted = self.kind_weights[kinds] * ce
+        loss = weighted.sum() / max(ce.numel(), 1)
+        self._log_step(loss.detach(), weighted.detach(), ce.detach(), kinds, batch)
         return loss
 
-    def _log_step(self, loss, ce, kinds, batch) -> None:
+    def _log_step(self, loss, weighted, ce, kinds, batch) -> None:
         n = len(KINDS)
         sums = torch.zeros(n, device=ce.device).index_add_(0, kinds, ce)
         counts = torch.bincount(kinds, minlength=n)
         logs = {"train/loss": loss, "train/lr": self.optimizers().param_groups[0]["lr"]}
-        groups = {"cpt": ["cpt"], "cit": list(CIT_KINDS)} | {k: [k] for k in KINDS if k != "cpt"}
-        for name, members in groups.items():
+        if self.totals["open_epoch"] not in (None, self.current_epoch):
+            # Resumed from a checkpoint written at an epoch's last step, before its end hook.
+            close_epoch(self.totals)
+        self.totals["open_epoch"] = self.current_epoch
+        running = self.totals["epoch_sums"]
+        running["loss"][0] += float(weighted.sum())
+        running["loss"][1] += int(ce.numel())
+        for name, members in LOSS_GROUPS.items():
             idx = [KINDS.index(k) for k in members]
-            if counts[idx].sum() > 0:
-                logs[f"train/loss_{name}"] = sums[idx].sum() / counts[idx].sum()
+            count = int(counts[idx].sum())
+            if count > 0:
+                logs[f"train/loss_{name}"] = sums[idx].sum() / count
+                if name in running:
+                    running[name][0] += float(sums[idx].sum())
+                    running[name][1] += count
         for i, kind in enumerate(KINDS):
             self.totals["tokens"][kind] += int(counts[i])
             if self.totals["tokens"][kind]:
                 logs[f"train/tokens_{kind}"] = float(self.totals["tokens"][kind])
-        value = float(loss)
-        if self.totals["first_loss"] is None:
-            self.totals["first_loss"] = value
-        self.totals["last_loss"] = value
+        self.totals["input_tokens"] += int((batch["segment_ids"] >= 0).sum())
+        self.totals["rows"].update(batch["rows"].tolist())
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+
+    def on_train_epoch_end(self) -> None:
+        """Close the epoch's mean losses (per loss-bearing token) and log them."""
+        means = close_epoch(self.totals)
+        if means:
+            self.log_dict({f"train/epoch_{k}": v for k, v in means.items() if k != "epoch"},
+                          on_step=False, on_epoch=True)  # fmt: skip
 
     def on_train_batch_end(self, outputs, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         now = time.perf_counter()
@@ -146,7 +172,7 @@ class CemLM(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = math.ceil(hp.warmup_ratio * total)
+        warmup = warmup_steps(total, hp.warmup_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, warmup, total, hp.schedule)
         )
@@ -158,8 +184,44 @@ class CemLM(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable
         }
         # Lightning does not save the RNG; LoRA dropout draws from it.
-        checkpoint["cem"] = {"totals": self.totals, "torch_rng": torch.get_rng_state()}
+        totals = {**self.totals, "rows": sorted(self.totals["rows"])}
+        checkpoint["cem"] = {"totals": totals, "torch_rng": torch.get_rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.totals = checkpoint["cem"]["totals"]
+        totals = checkpoint["cem"]["totals"]
+        self.totals = {**totals, "rows": set(totals["rows"])}
         torch.set_rng_state(checkpoint["cem"]["torch_rng"])
+
+
+# The per-kind losses logged each step: CPT, all CIT types together, and each kind alone.
+LOSS_GROUPS = {"cpt": ["cpt"], "cit": list(CIT_KINDS)} | {k: [k] for k in KINDS if k != "cpt"}
+EPOCH_GROUPS = ("loss", "cpt", "cit")  # closed into an epoch mean at every epoch end
+
+
+def new_totals() -> dict:
+    """Running totals of a training run: loss-bearing tokens per kind, input tokens, the
+    train.parquet rows reached, the open epoch's loss sums and each closed epoch's means."""
+    return {
+        "tokens": dict.fromkeys(KINDS, 0),
+        "input_tokens": 0,
+        "rows": set(),
+        "epoch_sums": {g: [0.0, 0] for g in EPOCH_GROUPS},
+        "open_epoch": None,  # the epoch the sums belong to
+        "epochs": [],
+    }
+
+
+def close_epoch(totals: dict) -> dict | None:
+    """Append the open epoch's means to ``totals["epochs"]`` and reset the sums; the means,
+    or None when no step ran since the last close."""
+    sums, epoch = totals["epoch_sums"], totals["open_epoch"]
+    totals["open_epoch"] = None
+    if sums["loss"][1] == 0:
+        return None
+    means = {"epoch": epoch}
+    for group, (total, count) in sums.items():
+        if count:
+            means["loss" if group == "loss" else f"loss_{group}"] = total / count
+    totals["epochs"].append(means)
+    totals["epoch_sums"] = {g: [0.0, 0] for g in EPOCH_GROUPS}
+    return means

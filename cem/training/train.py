@@ -127,10 +127,23 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None) -> dict:
         write_json(run_dir / "train" / "metrics.json", metrics)
         console.print(
             f"trained {metrics['steps']} steps in {seconds:.1f}s "
-            f"({metrics['tokens_per_s']:.0f} tokens/s, padding {metrics['padding_waste']:.1%}); "
-            f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}; wrote {out}"
+            f"({metrics['tokens_per_s']:.0f} tokens/s, padding {metrics['padding_waste']:.1%}), "
+            f"{metrics['rows_reached']} of {metrics['rows_total']} rows reached; "
+            f"{epoch_loss_text(metrics['epoch_losses'])}; wrote {out}"
         )
     return metrics
+
+
+def epoch_loss_text(epochs: list[dict]) -> str:
+    """ "epoch-mean loss 2.19 -> 1.96 (CPT 2.40 -> 2.10, CIT 1.80 -> 1.52)"."""
+    if not epochs:
+        return "no loss (no step ran)"
+    first, last = epochs[0], epochs[-1]
+    parts = [f"{name} {first[key]:.3f} -> {last[key]:.3f}"
+             for name, key in (("CPT", "loss_cpt"), ("CIT", "loss_cit"))
+             if key in first and key in last]  # fmt: skip
+    kinds = f" ({', '.join(parts)})" if parts else ""
+    return f"epoch-mean loss {first['loss']:.3f} -> {last['loss']:.3f}{kinds}"
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path):
@@ -165,13 +178,29 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
 
 
 def _metrics(trainer, module, data, seconds: float, trained: int, total: int) -> dict:
-    tp = module.throughput
+    """``train/metrics.json``: steps, epoch-mean losses, and how much of the set was reached.
+
+    ``loss_first`` / ``loss_last`` are the first and last epoch's mean loss per
+    loss-bearing token (a run stopped by ``train.max_steps`` mid-epoch closes a partial
+    epoch); ``epoch_losses`` has every epoch, with the CPT and CIT means apart.
+    """
+    from cem.training.module import close_epoch
+
+    tp, totals = module.throughput, module.totals
+    close_epoch(totals)  # a run stopped by max_steps mid-epoch
+    epochs = totals["epochs"]
+    rows = sorted(totals["rows"])
     return {
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "loss_first": module.totals["first_loss"],
-        "loss_last": module.totals["last_loss"],
-        "target_tokens": {k: v for k, v in module.totals["tokens"].items() if v},
+        "loss_first": epochs[0]["loss"] if epochs else None,
+        "loss_last": epochs[-1]["loss"] if epochs else None,
+        "epoch_losses": epochs,
+        "target_tokens": {k: v for k, v in totals["tokens"].items() if v},
+        "input_tokens": totals["input_tokens"],
+        "rows_total": data.stats.get("examples", 0),
+        "rows_reached": len(rows),
+        "reached_rows": rows,
         "tokens_per_s": tp["tokens"] / tp["seconds"] if tp["seconds"] else 0.0,
         "padding_waste": data.stats.get("padding_waste", 0.0),
         "data": data.stats,
