@@ -274,6 +274,31 @@ def test_loop_writes_every_file(fast_run):
 
 
 @pytest.mark.e2e
+def test_loop_diagnoses_each_round_and_gives_paired_intervals(fast_run):
+    root, summary = fast_run
+    for k in (1, 2):
+        d = read_json(root / f"round_{k}" / "diagnostics.json")
+        mistakes = read_jsonl(root / f"round_{k}" / "mistakes" / "mistakes.jsonl")
+        assert [f["id"] for f in d["per_mistake"]] == [m["id"] for m in mistakes]
+        assert sum(g["n"] for g in d["fix_rates"].values()) == d["mistakes"] == len(mistakes)
+        after = {
+            r["id"]: r["correct"] for r in read_jsonl(root / f"round_{k + 1}/eval/records.jsonl")
+        }
+        assert all(f["fixed"] == after[f["id"]] for f in d["per_mistake"])
+        assert all(f["hit"] or not f["trained"] for f in d["per_mistake"])  # trained needs a hit
+        assert d["control"]["set"] == "test" and d["control"]["n"] >= d["control"]["fixed"]
+        entry = summary["rounds"][k]
+        assert entry["diagnostics"]["fix_rates"] == d["fix_rates"]
+        iv = entry["intervals"]["vs_warmup"]
+        exam = iv["exam"]
+        assert exam["delta"] == pytest.approx(entry["gains"]["vs_warmup"]["exam"])
+        assert exam["ci"][0] <= exam["delta"] <= exam["ci"][1] and 0 <= exam["p"] <= 1
+        assert iv["knowledge"]["delta"] == pytest.approx(entry["gains"]["vs_warmup"]["knowledge"])
+        assert entry["general_nll"] > 0 and "general_nll" in iv
+    assert summary["gains"]["intervals"] == summary["rounds"][-1]["intervals"]
+
+
+@pytest.mark.e2e
 def test_a_finished_run_is_not_recomputed(fast_run, monkeypatch):
     root, summary = fast_run
 
@@ -302,7 +327,8 @@ def test_wandb_logger_in_disabled_mode(fast_run, monkeypatch):
     logger = RunLogger(cfg, root)
     try:
         logger.update(summary, final=True)
-        logger.log_mistakes(1, root / "round_1" / "mistakes" / "mistakes.jsonl")
+        d = read_json(root / "round_1" / "diagnostics.json")
+        logger.log_mistakes(1, root / "round_1" / "mistakes" / "mistakes.jsonl", d)
         assert logger.logged == {"round_0", "warmup", "round_1", "round_2"}
     finally:
         logger.finish()

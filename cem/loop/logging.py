@@ -23,6 +23,7 @@ CSV = "metrics.csv"
 CSV_COLUMNS = ("protocol", "round", "label", "set", "acc", "acc_norm", "n", "forgetting",
                "cpt_tokens", "cit_tokens", "seconds")  # fmt: skip
 MISTAKE_COLUMNS = ("id", "set", "question", "gold_text", "pred_text", "margin", "reason", "queries")
+DIAGNOSTIC_COLUMNS = ("hit", "trained", "fixed")  # cem.loop.diagnostics
 
 
 def write_csv(root: Path, summary: dict) -> Path:
@@ -94,15 +95,22 @@ class RunLogger:
             self.run.summary[key] = summary[key]
         self.run.summary["seconds_total"] = summary["seconds"]["total"]
 
-    def log_mistakes(self, k: int, path: Path) -> None:
-        """Round ``k``'s mistakes as a ``wandb.Table`` (the first ``logger.mistakes_rows``)."""
+    def log_mistakes(self, k: int, path: Path, diagnostics: dict | None) -> None:
+        """Round ``k``'s mistakes as a ``wandb.Table`` (the first ``logger.mistakes_rows``),
+        with the hit / trained / fixed columns once the round's model is scored."""
         n = self.cfg.logger.mistakes_rows
         if self.run is None or n == 0 or not path.is_file():
             return
         import wandb
 
-        rows = [[_cell(m.get(c)) for c in MISTAKE_COLUMNS] for m in read_jsonl(path)[:n]]
-        self.run.log({f"mistakes/round_{k}": wandb.Table(columns=list(MISTAKE_COLUMNS), data=rows)})
+        flags = {f["id"]: f for f in (diagnostics or {}).get("per_mistake", [])}
+        columns = [*MISTAKE_COLUMNS, *DIAGNOSTIC_COLUMNS]
+        rows = [
+            [_cell(m.get(c)) for c in MISTAKE_COLUMNS]
+            + [flags.get(m["id"], {}).get(c) for c in DIAGNOSTIC_COLUMNS]
+            for m in read_jsonl(path)[:n]
+        ]
+        self.run.log({f"mistakes/round_{k}": wandb.Table(columns=columns, data=rows)})
 
     def finish(self) -> None:
         """Close the W&B run (always, also after an error)."""

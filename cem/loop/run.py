@@ -202,10 +202,15 @@ def run_loop(cfg: DictConfig) -> dict:
 
 def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], logger) -> str:
     """Rounds 1, 2, ... until a stop reason, which is returned."""
+    from cem.loop import diagnostics
+
     accs: list[float] = []
     k = 1
     while True:
         evaluate_round(cfg, root, k, base, sets)
+        if k > 1:  # M_{k-1} is scored: round k-1's mistakes can be judged fixed or not
+            d = diagnostics.write(root, k - 1)
+            logger.log_mistakes(k - 1, root / f"round_{k - 1}" / "mistakes" / "mistakes.jsonl", d)
         logger.update(write_summary(root, cfg, None))
         records = read_jsonl(root / f"round_{k}" / "eval" / "records.jsonl")
         accs.append(_exam_acc(records))
@@ -217,8 +222,8 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], log
             console.print(f"[bold]cem run[/] stops before round {k}: {why}")
             return reason
         trained = run_round(cfg, root, k, base)
-        logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl")
         if trained is None:
+            logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl", None)
             console.print(f"[bold]cem run[/] stops in round {k}: no knowledge passages to train on")
             return "no_knowledge"
         base = trained

@@ -10,7 +10,12 @@ round k is M_k, scored in ``round_{k+1}/eval``. Gains use ``acc``:
   untouched model (``vs_round_0``);
 - forgetting rate per set = share of the items right at round 0 that are now wrong;
 - data efficiency = gain per 1k CPT tokens trained on so far (``trained_tokens``: with
-  ``train.max_steps`` below an epoch, training reaches only part of the set's tokens).
+  ``train.max_steps`` below an epoch, training reaches only part of the set's tokens);
+- ``intervals``: each gain's paired 95% interval over items and its p
+  (``cem.evaluation.stats``): every set's Δ (exact McNemar), the knowledge gain
+  (permutation p) and the change of ``general_nll``, the general probe's NLL per token;
+- ``diagnostics`` (round k): the fix rate of the round's mistakes given hit-and-trained,
+  hit-not-trained and no hit, and the test set's flip rate (``cem.loop.diagnostics``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cem.io import read_json, read_jsonl, write_json
+from cem.loop import diagnostics
 from cem.loop.stages import read_marker
 
 EXAM, TEST = "exam", "test"
@@ -63,6 +69,30 @@ def gains(reference: dict[str, dict], metrics: dict[str, dict]) -> dict[str, flo
     exam, test = delta(EXAM), delta(TEST)
     knowledge = exam - test if exam is not None and test is not None else None
     return {"exam": exam, "test": test, "schema": test, "knowledge": knowledge}
+
+
+def paired_gains(reference: list[dict], records: list[dict], ref_probe: dict | None,
+                 probe: dict | None) -> dict[str, dict | None]:  # fmt: skip
+    """Each set's paired Δ (items matched by id), the knowledge gain and Δgeneral_nll."""
+    from cem.evaluation.stats import delta_difference, paired_delta, ratio_delta
+
+    ref = {(r["set"], r["id"]): bool(r["correct"]) for r in reference}
+    pairs: dict[str, tuple[list[bool], list[bool]]] = {}
+    for r in records:
+        key = (r["set"], r["id"])
+        if key in ref:
+            before, after = pairs.setdefault(r["set"], ([], []))
+            before.append(ref[key])
+            after.append(bool(r["correct"]))
+    out: dict[str, dict | None] = {name: paired_delta(b, a) for name, (b, a) in pairs.items()}
+    if EXAM in pairs and TEST in pairs:
+        diffs = {n: [int(x) - int(y) for y, x in zip(*pairs[n], strict=True)] for n in (EXAM, TEST)}
+        out["knowledge"] = delta_difference(diffs[EXAM], diffs[TEST])
+    if ref_probe and probe:
+        before = [p["nll_sum"] for p in ref_probe["per_passage"]]
+        after = [p["nll_sum"] for p in probe["per_passage"]]
+        out["general_nll"] = ratio_delta(before, after, [p["tokens"] for p in probe["per_passage"]])
+    return out
 
 
 def efficiency(g: dict[str, float | None], cpt_tokens: int) -> dict[str, float | None]:
@@ -113,13 +143,17 @@ def trained_tokens(folder: Path) -> dict[str, int]:
 
 def _entry(round_: int, label: str, protocol: str, eval_folder: Path, root: Path) -> dict:
     records = read_jsonl(eval_folder / "eval" / "records.jsonl")
+    probe_path = eval_folder / "eval" / "general.json"
+    probe = read_json(probe_path) if probe_path.is_file() else None
     return {
         "round": round_,
         "label": label,
         "protocol": protocol,
         "eval_dir": str((eval_folder / "eval").relative_to(root)),
         "metrics": set_metrics(records),
+        "general_nll": probe["general_nll"] if probe else None,
         "_records": records,  # dropped before writing
+        "_probe": probe,
     }
 
 
@@ -149,6 +183,12 @@ def collect(root: Path, cfg: DictConfig) -> tuple[dict, dict | None, list[dict]]
         e.update(_tokens(folder))
         retrieved = read_marker(folder, "retrieve")["result"]
         e.update(mistakes=retrieved["mistakes"], passages=retrieved["passages"])
+        stats_path = folder / "knowledge" / "stats.json"
+        if stats_path.is_file():
+            e["mistakes_by_reason"] = read_json(stats_path).get("mistakes_by_reason", {})
+        d = diagnostics.load(root, k)
+        e["diagnostics"] = None if d is None else {k_: v for k_, v in d.items()
+                                                   if k_ != "per_mistake"}  # fmt: skip
         e.update(_timing((folder, ["retrieve", "build", "train"]), (scored, ["eval"])))
         rounds.append(e)
         k += 1
@@ -164,16 +204,17 @@ def build_summary(root: Path, cfg: DictConfig, stopped: str | None = None) -> di
         e["forgetting"] = forgetting(r0["_records"], e["_records"])
     for e in [warm, *rounds] if warm is not None else []:
         e["forgetting_vs_warmup"] = forgetting(warm["_records"], e["_records"])
+    refs = {"vs_round_0": r0, **({"vs_warmup": warm} if warm is not None else {})}
+    for e in [*([warm] if warm else []), *rounds]:
+        mine = {k: r for k, r in refs.items() if r is not e}
+        e["gains"] = {k: gains(r["metrics"], e["metrics"]) for k, r in mine.items()}
+        e["intervals"] = {k: paired_gains(r["_records"], e["_records"], r["_probe"], e["_probe"])
+                          for k, r in mine.items()}  # fmt: skip
     for e in rounds:
         cpt_so_far += e["trained_tokens"].get("cpt", e["cpt_tokens"])
-        e["gains"] = {"vs_round_0": gains(r0["metrics"], e["metrics"])}
-        if warm is not None:
-            e["gains"]["vs_warmup"] = gains(warm["metrics"], e["metrics"])
         e["data_efficiency"] = efficiency(gains(ref["metrics"], e["metrics"]), cpt_so_far)
-    if warm is not None:
-        warm["gains"] = {"vs_round_0": gains(r0["metrics"], warm["metrics"])}
     for e in [r0, *([warm] if warm else []), *rounds]:
-        del e["_records"]
+        del e["_records"], e["_probe"]
     return _top(cfg, r0, warm, rounds, stopped)
 
 
@@ -191,6 +232,7 @@ def _top(cfg: DictConfig, r0: dict, warm: dict | None, rounds: list[dict], stopp
         "warmup": warm,
         "gains": None if last is None else {
             "round": last["round"], **last["gains"], "data_efficiency": last["data_efficiency"],
+            "intervals": last["intervals"],
         },
         "best_round": None if not rounds else rounds[exam.index(max(exam))]["round"],
         "stopped": None if stopped is None else {"reason": stopped, "round": len(rounds)},
@@ -250,7 +292,8 @@ def plot_summary(summary: dict, path: Path) -> Path:
 
 
 def report(summary: dict) -> None:
-    """Print accuracy per set over rounds, then gains, forgetting and cost per round."""
+    """Print accuracy per round, the gains with their paired intervals, then per round the
+    mistakes (wrong / ambiguous), their fix rates and the cost."""
     from rich.table import Table
 
     from cem.ui import console
@@ -262,36 +305,76 @@ def report(summary: dict) -> None:
         acc.add_column(_tag(e), justify="right")
     for name in entries[0]["metrics"]:
         acc.add_row(name, *(_pct(e["metrics"].get(name, {}).get("acc")) for e in entries))
+    if any(e.get("general_nll") is not None for e in entries):
+        acc.add_row("general NLL", *("" if e.get("general_nll") is None
+                                     else f"{e['general_nll']:.3f}" for e in entries))  # fmt: skip
     console.print(acc)
-    ref = summary["reference"]
-    # Narrow headers: the table must fit an 80-column terminal.
-    cost = Table(
-        title=f"{summary['protocol']}: gains vs {ref} (points), forgetting vs round 0 (%), cost"
-    )
-    for col in (
-        "round",
-        "Δexam",
-        "schema",
-        "knowl.",
-        "forg.E",
-        "forg.T",
-        "CPT tok",
-        "CIT tok",
-        "s",
-    ):
-        cost.add_column(col, justify="right")
-    for e in entries:
-        g = (e.get("gains") or {}).get(f"vs_{ref}") or {}
-        f = e["forgetting"]
-        cost.add_row(_tag(e), _pct(g.get("exam")), _pct(g.get("schema")), _pct(g.get("knowledge")),
-                     _pct(f.get(EXAM)), _pct(f.get(TEST)), str(e["cpt_tokens"]),
-                     str(e["cit_tokens"]), f"{sum(e['seconds'].values()):.0f}")  # fmt: skip
-    console.print(cost)
+    console.print(gains_table(summary, entries))
+    console.print(mistakes_table(summary, entries))
     if summary["stopped"]:
         console.print(
             f"stopped: {summary['stopped']['reason']} after round {summary['stopped']['round']}"
         )
 
 
+def gains_table(summary: dict, entries: list[dict]):
+    """Δexam, schema gain (Δtest) and knowledge gain with paired 95% intervals and p."""
+    from rich.table import Table
+
+    ref = summary["reference"]
+    t = Table(title=f"gains vs {ref} (points, paired 95% CI over items; p: McNemar / permutation)"
+              ", forgetting vs round 0 (%)")  # fmt: skip
+    for col in ("round", "Δexam", "p", "schema (Δtest)", "p", "knowledge", "p", "forg.E",
+                "forg.T", "Δgen.NLL"):  # fmt: skip
+        t.add_column(col, justify="right")
+    for e in entries:
+        iv = (e.get("intervals") or {}).get(f"vs_{ref}") or {}
+        f = e["forgetting"]
+        t.add_row(_tag(e), _ci(iv.get(EXAM)), _p(iv.get(EXAM)), _ci(iv.get(TEST)),
+                  _p(iv.get(TEST)), _ci(iv.get("knowledge")), _p(iv.get("knowledge")),
+                  _pct(f.get(EXAM)), _pct(f.get(TEST)),
+                  _num((iv.get("general_nll") or {}).get("delta"), 3))  # fmt: skip
+    return t
+
+
+def mistakes_table(summary: dict, entries: list[dict]):
+    """Per round: the mistakes by reason, the fix rate by hit / trained, the test flip rate
+    (the control), and the tokens and seconds."""
+    from rich.table import Table
+
+    t = Table(title="mistakes fixed by the next round (fixed/n): hit = a kept passage states "
+              "the answer, trained = a trained row does")  # fmt: skip
+    for col in ("round", "wrong", "ambig.", "hit+trained", "hit, untrained", "no hit",
+                "test flips", "CPT tok", "CIT tok", "s"):  # fmt: skip
+        t.add_column(col, justify="right")
+    for e in entries:
+        d, reasons = e.get("diagnostics") or {}, e.get("mistakes_by_reason") or {}
+        fr = d.get("fix_rates_by_reason", {}).get("wrong") or d.get("fix_rates") or {}
+        t.add_row(_tag(e), str(reasons.get("wrong", "")), str(reasons.get("ambiguous", "")),
+                  *(_frac(fr.get(g)) for g in diagnostics.GROUPS), _frac(d.get("control")),
+                  str(e["cpt_tokens"]), str(e["cit_tokens"]),
+                  f"{sum(e['seconds'].values()):.0f}")  # fmt: skip
+    return t
+
+
 def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "" if x is None else f"{x:+.{digits}f}"
+
+
+def _ci(g: dict | None) -> str:
+    if not g:
+        return ""
+    lo, hi = g["ci"]
+    return f"{100 * g['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _p(g: dict | None) -> str:
+    return "" if not g or g.get("p") is None else f"{g['p']:.3g}"
+
+
+def _frac(g: dict | None) -> str:
+    return "" if not g or not g.get("n") else f"{g['fixed']}/{g['n']}"
