@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 from cem.cli import conf_dir, main
 from cem.config import register_configs
 from cem.errors import CemError
-from cem.io import write_json
+from cem.io import write_json, write_jsonl
 from cem.loop.report import find_runs, group, make_report, run_metrics
 from cem.loop.run import check_run
 
@@ -222,19 +223,77 @@ def test_report_means_and_stds_over_seeds(tmp_path):
     paths = make_report(tmp_path)
     rows = {(r["variant"], r["metric"]): r for r in csv.DictReader(paths["csv"].open())}
     par = rows["paradigm=parallel", "gain/knowledge"]
-    # knowledge gains 0.1 and 0.3: mean 0.2, sample std 0.1414
-    assert float(par["mean"]) == pytest.approx(0.2) and float(par["std"]) == pytest.approx(
+    # knowledge gains 0.1 and 0.3: mean 0.2, sample sd 0.1414, t(0.975, df=1) = 12.706
+    assert float(par["mean"]) == pytest.approx(0.2) and float(par["sd"]) == pytest.approx(
         0.14142, rel=1e-3
     )
-    assert par["n"] == "2" and float(par["ci95"]) == pytest.approx(
-        12.706 * 0.14142 / 2**0.5, rel=1e-3
-    )
-    assert rows["paradigm=cpt_only", "acc/exam"]["std"] == ""  # one run: no spread
+    half = 12.706 * 0.14142 / 2**0.5
+    assert par["n"] == "2" and par["df"] == "1"
+    assert float(par["ci_low"]) == pytest.approx(0.2 - half, rel=1e-3)
+    assert float(par["ci_high"]) == pytest.approx(0.2 + half, rel=1e-3)
+    assert rows["paradigm=cpt_only", "acc/exam"]["sd"] == ""  # one run: no spread
     assert float(rows["paradigm=parallel", "cpt_tokens"]["mean"]) == 100
     md = paths["md"].read_text()
     assert "| paradigm=parallel | 2 | 85.0 ± 7.1 | 65.0 ± 7.1 |" in md
+    assert "20.0 [-107.1, 147.1]" in md and "df 1" in md  # the knowledge gain's t-interval
+    assert "One run only" in md and "`paradigm=cpt_only`" in md
     assert "Common overrides: `experiment=fast`" in md
     assert paths["png"].stat().st_size > 1000
+
+
+def item_run(root: Path, name: str, seed: int, ref: list[bool], final: list[bool]) -> None:
+    """A sweep job with eval records: ``ref`` and ``final`` right/wrong per item, the first
+    half exam items and the second half test items (ids by position: the seed's split)."""
+    half = len(ref) // 2
+
+    def records(right: list[bool]) -> list[dict]:
+        return [{"set": "exam" if i < half else "test", "id": f"q{i}", "correct": c}
+                for i, c in enumerate(right)]  # fmt: skip
+
+    folder = root / name
+    write_jsonl(folder / "round_1" / "eval" / "records.jsonl", records(ref))
+    write_jsonl(folder / "round_2" / "eval" / "records.jsonl", records(final))
+    acc = lambda r, lo, hi: sum(r[lo:hi]) / (hi - lo)  # noqa: E731
+    s = summary(
+        [acc(ref, 0, half), acc(ref, 0, half), acc(final, 0, half)],
+        [acc(ref, half, len(ref)), acc(ref, half, len(ref)), acc(final, half, len(ref))],
+    )
+    s["seed"], s["warmup"]["eval_dir"] = seed, "round_1/eval"
+    s["rounds"][-1]["eval_dir"] = "round_2/eval"
+    fake_sweep(root, {name: s})
+
+
+def test_report_against_a_row_pairs_items_on_the_same_seeds(tmp_path):
+    rng = random.Random(0)
+    for seed in (0, 1, 2):
+        ref = [rng.random() < 0.7 for _ in range(400)]
+        # CEM fixes about half of the wrong exam items; the baseline about a tenth.
+        cem = [r or (i < 200 and rng.random() < 0.5) for i, r in enumerate(ref)]
+        base = [r or (i < 200 and rng.random() < 0.1) for i, r in enumerate(ref)]
+        item_run(tmp_path, f"baseline=none,seed={seed}", seed, ref, cem)
+        item_run(tmp_path, f"baseline=random_cpt,seed={seed}", seed, ref, base)
+    md = make_report(tmp_path, draw=False, against="baseline=random_cpt")["md"].read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| baseline=none | 0,1,2 |"))
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[-2] == "confirmed"  # CEM's knowledge gain exceeds the baseline's
+    assert cells[3].startswith("+1") and "p=" in cells[3]  # Δ Δexam about +12 points
+    assert "Paired against `baseline=random_cpt`" in md
+    main_row, pooled = [x for x in md.splitlines() if x.startswith("| baseline=none | 3 |")]
+    assert "p=" in pooled and pooled.rstrip(" |").endswith("confirmed")
+
+
+def test_report_against_refuses_what_it_cannot_pair(tmp_path):
+    item_run(tmp_path, "paradigm=parallel,seed=0", 0, [False] * 8, [True] * 8)
+    item_run(tmp_path, "paradigm=cpt_only,seed=1", 1, [False] * 8, [True] * 8)
+    with pytest.raises(CemError, match=r"names no row of this report; the rows are:\n  paradigm"):
+        make_report(tmp_path, draw=False, against="paradigm=sequential")
+    with pytest.raises(CemError, match=r"needs the same seeds"):
+        make_report(tmp_path, draw=False, against="paradigm=parallel")
+    # Same seed, different items: another split, so no pairing.
+    item_run(tmp_path / "x", "paradigm=parallel,seed=0", 0, [False] * 8, [True] * 8)
+    item_run(tmp_path / "x", "paradigm=cpt_only,seed=0", 0, [False] * 6, [True] * 6)
+    with pytest.raises(CemError, match=r"seed 0 but different exam items"):
+        make_report(tmp_path / "x", draw=False, against="paradigm=parallel")
 
 
 def test_report_leaves_out_runs_still_going(tmp_path):
@@ -337,7 +396,7 @@ def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeyp
     if table == "data_efficiency":
         full = next(r for r in runs if "full_corpus_cpt" in str(r.path))
         stats = json.loads((full.path / "round_1" / "knowledge" / "stats.json").read_text())
-        assert stats["baseline"]["mode"] == "full" and stats["baseline"]["corpus_docs"] > 10_000
+        assert stats["baseline"]["mode"] == "full" and stats["baseline"]["corpus_docs"] > 9_900
         rand = next(r for r in runs if "random_cpt" in str(r.path))
         stats = json.loads((rand.path / "round_1" / "knowledge" / "stats.json").read_text())
         assert stats["baseline"]["tokens"] >= stats["baseline"]["cem_tokens"]

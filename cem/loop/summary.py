@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from cem.io import read_json, read_jsonl, write_json
 from cem.loop import diagnostics
+from cem.loop.plots import tag
 from cem.loop.stages import read_marker
 
 EXAM, TEST = "exam", "test"
@@ -248,6 +249,8 @@ def write_summary(root: Path, cfg: DictConfig, stopped: str | None, plot: bool =
     summary = build_summary(root, cfg, stopped)
     write_json(root / "summary.json", summary)
     if plot:
+        from cem.loop.plots import plot_summary
+
         plot_summary(summary, root / "summary.png")
     return summary
 
@@ -256,39 +259,6 @@ def timeline(summary: dict) -> list[dict]:
     """Round 0, the warm-up when there is one, then each round: the order results came in."""
     rounds = summary["rounds"]
     return [rounds[0], *([summary["warmup"]] if summary["warmup"] else []), *rounds[1:]]
-
-
-def _tag(e: dict) -> str:
-    return "W" if e["label"] == "after warm-up" else str(e["round"])
-
-
-def plot_summary(summary: dict, path: Path) -> Path:
-    """Accuracy per set over rounds (matplotlib, Agg), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cem.io import atomic_open
-
-    entries = timeline(summary)
-    xs = list(range(len(entries)))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name in entries[0]["metrics"]:
-        ys = [e["metrics"].get(name, {}).get("acc", float("nan")) for e in entries]
-        ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xticks(xs, [_tag(e) for e in entries])
-    ax.set_xlabel("round (W: after the schema warm-up)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{summary['model']} · {summary['benchmark']} · {summary['protocol']}")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
-    return path
 
 
 def report(summary: dict) -> None:
@@ -302,7 +272,7 @@ def report(summary: dict) -> None:
     acc = Table(title=f"accuracy (%) per round, {summary['protocol']} protocol")
     acc.add_column("set")
     for e in entries:
-        acc.add_column(_tag(e), justify="right")
+        acc.add_column(tag(e), justify="right")
     for name in entries[0]["metrics"]:
         acc.add_row(name, *(_pct(e["metrics"].get(name, {}).get("acc")) for e in entries))
     if any(e.get("general_nll") is not None for e in entries):
@@ -330,7 +300,7 @@ def gains_table(summary: dict, entries: list[dict]):
     for e in entries:
         iv = (e.get("intervals") or {}).get(f"vs_{ref}") or {}
         f = e["forgetting"]
-        t.add_row(_tag(e), _ci(iv.get(EXAM)), _p(iv.get(EXAM)), _ci(iv.get(TEST)),
+        t.add_row(tag(e), _ci(iv.get(EXAM)), _p(iv.get(EXAM)), _ci(iv.get(TEST)),
                   _p(iv.get(TEST)), _ci(iv.get("knowledge")), _p(iv.get("knowledge")),
                   _pct(f.get(EXAM)), _pct(f.get(TEST)),
                   _num((iv.get("general_nll") or {}).get("delta"), 3))  # fmt: skip
@@ -350,7 +320,7 @@ def mistakes_table(summary: dict, entries: list[dict]):
     for e in entries:
         d, reasons = e.get("diagnostics") or {}, e.get("mistakes_by_reason") or {}
         fr = d.get("fix_rates_by_reason", {}).get("wrong") or d.get("fix_rates") or {}
-        t.add_row(_tag(e), str(reasons.get("wrong", "")), str(reasons.get("ambiguous", "")),
+        t.add_row(tag(e), str(reasons.get("wrong", "")), str(reasons.get("ambiguous", "")),
                   *(_frac(fr.get(g)) for g in diagnostics.GROUPS), _frac(d.get("control")),
                   str(e["cpt_tokens"]), str(e["cit_tokens"]),
                   f"{sum(e['seconds'].values()):.0f}")  # fmt: skip

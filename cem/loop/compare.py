@@ -1,0 +1,152 @@
+"""Item-level evidence across runs: a variant's gain pooled over seeds, and two variants
+compared pairwise on the same seeds (``cem report --against``).
+
+A run's evidence is, per evaluated item, whether its reference model (the warm-up, or
+round 0) and its final model got it right, plus the general probe's NLL per token of each
+passage. Two runs pair only when they share the seed and so the split: the same exam and
+test items. Gains pool over seeds by ``stratified_comparison``: items are resampled within
+each (seed, set) stratum, and each seed weighs the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cem.errors import CemError
+from cem.io import read_json, read_jsonl
+
+EXAM, TEST = "exam", "test"
+
+
+@dataclass
+class RunItems:
+    """What one run's reference and final models got right, item by item."""
+
+    path: Path
+    seed: int
+    ref: dict[str, dict[str, bool]]  # set -> item id -> right
+    final: dict[str, dict[str, bool]]
+    probe: tuple[list[float], list[float]] | None  # per-passage NLL per token: (ref, final)
+
+
+def _correct(folder: Path) -> dict[str, dict[str, bool]]:
+    out: dict[str, dict[str, bool]] = {}
+    for r in read_jsonl(folder / "records.jsonl"):
+        out.setdefault(r["set"], {})[r["id"]] = bool(r["correct"])
+    return out
+
+
+def _probe(folder: Path) -> list[float] | None:
+    path = folder / "general.json"
+    if not path.is_file():
+        return None
+    return [p["nll_sum"] / p["tokens"] for p in read_json(path)["per_passage"] if p["tokens"]]
+
+
+def load_items(path: Path, summary: dict) -> RunItems:
+    """The run's reference and final evaluations (folders named in its summary)."""
+    ref_entry = summary["warmup"] if summary["reference"] == "warmup" else summary["rounds"][0]
+    final_entry = summary["rounds"][-1]
+    if "eval_dir" not in ref_entry or "eval_dir" not in final_entry:
+        raise CemError(f"{path / 'summary.json'} names no eval folders; re-run its job")
+    ref_dir, final_dir = path / ref_entry["eval_dir"], path / final_entry["eval_dir"]
+    for d in (ref_dir, final_dir):
+        if not (d / "records.jsonl").is_file():
+            raise CemError(f"{d / 'records.jsonl'} not found: the run {path} is incomplete")
+    probes = (_probe(ref_dir), _probe(final_dir))
+    return RunItems(path, int(summary["seed"]), _correct(ref_dir), _correct(final_dir),
+                    probes if all(p is not None for p in probes) else None)  # fmt: skip
+
+
+def _vectors(run: RunItems, name: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    ref, final = run.ref.get(name, {}), run.final.get(name, {})
+    return (np.array([final[i] for i in ids], dtype=float),
+            np.array([ref[i] for i in ids], dtype=float))  # fmt: skip
+
+
+def _ids(run: RunItems, name: str) -> list[str]:
+    return sorted(set(run.ref.get(name, {})) & set(run.final.get(name, {})))
+
+
+def _claims(strata: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, dict | None]:
+    """Δexam, Δtest (schema gain) and knowledge gain from per-seed (x, y) strata."""
+    from cem.evaluation.stats import stratified_comparison
+
+    exam, test = strata[EXAM], strata[TEST]
+    if not exam or len(exam) != len(test):
+        return {"exam": None, "test": None, "knowledge": None}
+    s = len(exam)
+    return {
+        "exam": stratified_comparison(exam, [1 / s] * s),
+        "test": stratified_comparison(test, [1 / s] * s),
+        "knowledge": stratified_comparison(exam + test, [1 / s] * s + [-1 / s] * s),
+    }
+
+
+def pooled_gain(runs: Sequence[RunItems]) -> dict[str, dict | None]:
+    """A variant's gains over its reference, pooled over its runs (one stratum per seed)."""
+    strata: dict[str, list] = {EXAM: [], TEST: []}
+    for run in runs:
+        for name in strata:
+            ids = _ids(run, name)
+            if ids:
+                strata[name].append(_vectors(run, name, ids))
+    return _claims(strata)
+
+
+def pair_runs(a: Sequence[RunItems], b: Sequence[RunItems], a_label: str, b_label: str):
+    """Runs of ``a`` and ``b`` matched by seed; each pair must share its exam and test items.
+
+    Raises:
+        CemError: no seed in common, or a pair whose splits differ (different items).
+    """
+    by_seed = {r.seed: r for r in b}
+    pairs = [(r, by_seed[r.seed]) for r in a if r.seed in by_seed]
+    if not pairs:
+        raise CemError(
+            f"cannot pair {a_label!r} (seeds {sorted(r.seed for r in a)}) with {b_label!r} "
+            f"(seeds {sorted(by_seed)}): a paired comparison needs the same seeds; run the "
+            "missing seeds first"
+        )
+    for x, y in pairs:
+        for name in (EXAM, TEST):
+            if set(x.ref.get(name, {})) != set(y.ref.get(name, {})):
+                raise CemError(
+                    f"cannot pair {x.path} with {y.path}: seed {x.seed} but different {name} "
+                    "items (another split or benchmark); compare runs of one benchmark and split"
+                )
+    return pairs
+
+
+def compare(a: Sequence[RunItems], b: Sequence[RunItems], a_label: str, b_label: str) -> dict:
+    """``a`` against ``b`` on their common seeds: each gain's difference, paired per item.
+
+    The per-item value is the item's gain (final − reference right), so runs whose
+    reference models differ still compare their gains.
+    """
+    pairs = pair_runs(a, b, a_label, b_label)
+    strata: dict[str, list] = {EXAM: [], TEST: []}
+    probe_a, probe_b = [], []
+    for x, y in pairs:
+        for name in strata:
+            ids = _ids(x, name)
+            xa, xr = _vectors(x, name, ids)
+            ya, yr = _vectors(y, name, ids)
+            strata[name].append((xa - xr, ya - yr))
+        if x.probe and y.probe:
+            probe_a.append(np.subtract(x.probe[1], x.probe[0]))
+            probe_b.append(np.subtract(y.probe[1], y.probe[0]))
+    out = _claims(strata)
+    if probe_a and len(probe_a) == len(pairs):
+        from cem.evaluation.stats import stratified_comparison
+
+        n = len(probe_a)
+        out["general_nll"] = stratified_comparison(list(zip(probe_a, probe_b, strict=True)),
+                                                   [1 / n] * n)  # fmt: skip
+    out["seeds"] = sorted(x.seed for x, _ in pairs)
+    out["unpaired"] = sorted({r.seed for r in (*a, *b)} - set(out["seeds"]))
+    return out
