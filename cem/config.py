@@ -333,7 +333,8 @@ class WarmupConfig:
     """The schema warm-up before round 1 (METHOD.md, step 0): Normative-only training on the pool."""
 
     enabled: bool = True
-    max_steps: int = 4  # optimizer steps of the warm-up; -1: train.epochs over the warm-up set
+    max_steps: int = 4  # optimizer steps of the warm-up; -1: ``epochs`` over the warm-up set
+    epochs: int = 1  # with max_steps=-1: passes over the warm-up set
     max_tokens: int | None = None  # token budget of the warm-up set; null: every pool item once
 
 

@@ -185,9 +185,10 @@ def check_loop(loop: DictConfig) -> list[str]:
     steps = loop.warmup.max_steps
     if steps != -1 and not (isinstance(steps, int) and steps >= 1):
         problems.append(
-            "loop.warmup.max_steps must be -1 (train.epochs over the warm-up set) or >= 1; "
+            "loop.warmup.max_steps must be -1 (loop.warmup.epochs over the warm-up set) or >= 1; "
             f"got {steps!r} (try loop.warmup.max_steps=4)"
         )
+    problems.append(at_least("loop.warmup.epochs", loop.warmup.epochs, 1, 1))
     if loop.warmup.max_tokens is not None:
         problems.append(at_least("loop.warmup.max_tokens", loop.warmup.max_tokens, 1, 20000))
     return [p for p in problems if p]

@@ -20,8 +20,8 @@ from cem.config import register_configs
 from cem.errors import CemError
 from cem.io import read_json, read_jsonl, write_json, write_jsonl
 from cem.loop import stages
-from cem.loop.run import check_run, run_loop, stop_reason
 from cem.loop.plots import plot_summary
+from cem.loop.run import check_run, run_loop, stop_reason
 from cem.loop.summary import build_summary, efficiency, forgetting, gains, report
 
 

@@ -136,7 +136,8 @@ def warm_up(cfg: DictConfig, root: Path) -> Path:
     """The schema warm-up: build the Normative-only set and train M0 on it; its model folder."""
     folder = root / "warmup"
     stages.run_stage(folder, "build", lambda: stages.warmup_build_task(cfg, folder))
-    steps = cfg.loop.warmup.max_steps
+    w = cfg.loop.warmup
+    steps = {"max_steps": w.max_steps, "epochs": w.epochs}
     stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, None, steps))
     return folder / "model"
 
@@ -154,7 +155,7 @@ def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path | 
     except NoCptText as e:
         console.print(f"[bold]cem run[/] round {k} has no CPT text left: {e}")
         return None
-    steps = cfg.train.max_steps
+    steps = {"max_steps": cfg.train.max_steps, "epochs": cfg.train.epochs}
     stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, base, steps))
     return folder / "model"
 

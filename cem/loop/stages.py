@@ -155,8 +155,9 @@ def warmup_build_task(cfg: DictConfig, folder: Path) -> dict:
     return {"rows": stats["rows"], "tokens": stats["tokens"]}
 
 
-def train_task(cfg: DictConfig, folder: Path, base: Path | None, max_steps: int) -> dict:
-    """Train from ``base`` (a saved model folder, or the configured model) into ``folder/model``.
+def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int]) -> dict:
+    """Train from ``base`` (a saved model folder, or the configured model) into ``folder/model``,
+    for ``steps`` (``{"max_steps", "epochs"}``: the round's, or the warm-up's).
 
     A ``model_in`` link to ``base`` is left in ``folder``, so that ``cem train
     run_dir=<folder>`` re-runs this stage alone.
@@ -167,7 +168,7 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, max_steps: int)
         link = folder / "model_in"
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
-    job = job_config(TrainJob, cfg, folder, train={"max_steps": max_steps})
+    job = job_config(TrainJob, cfg, folder, train=steps)
     m = train_round(job, folder, base)
     keys = (
         "steps",
