@@ -338,6 +338,14 @@ class WarmupConfig:
     max_tokens: int | None = None  # token budget of the warm-up set; null: every pool item once
 
 
+class KeepModels(StrEnum):
+    """Which trained models ``cem run`` keeps on disk (0.5 GB each for the default in fp32)."""
+
+    all = "all"  # every round's model and checkpoints
+    last = "last"  # the newest model only: each is deleted once the next one is trained
+    none = "none"  # not even the final one, once it is scored (sweeps that need only results)
+
+
 @dataclass
 class LoopConfig:
     """How many rounds ``cem run`` makes and when it stops early (METHOD.md, step 7)."""
@@ -349,6 +357,7 @@ class LoopConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     patience: int | None = 1  # stop after this many rounds without exam gain; null: never
     min_delta: float = 0.0  # an exam accuracy rise must exceed this to count as a gain
+    keep_models: KeepModels = KeepModels.last  # finished training's checkpoints always go
 
 
 @dataclass

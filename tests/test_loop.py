@@ -244,13 +244,17 @@ def test_loop_writes_every_file(fast_run):
     expected = [
         "config.yaml", "summary.json", "summary.png", "metrics.csv",
         "round_0/eval/records.jsonl", "round_0/done/eval.json",
-        "warmup/train_set/train.parquet", "warmup/model/config.json", "warmup/done/train.json",
+        "warmup/train_set/train.parquet", "warmup/done/train.json",
         "round_1/eval/metrics.json", "round_1/mistakes/mistakes.jsonl",
         "round_1/knowledge/knowledge.jsonl", "round_1/train_set/stats.json",
-        "round_1/model/model.safetensors", "round_1/train/metrics.json", "round_1/model_in",
+        "round_1/train/metrics.json", "round_1/diagnostics.json",
         "round_2/train_set/train.parquet", "round_2/model/config.json", "round_3/eval/records.jsonl",
     ]  # fmt: skip
     assert [p for p in expected if not (root / p).exists()] == []
+    # loop.keep_models=last: only the newest model stays; no finished training's checkpoints.
+    superseded = ["warmup/model", "round_1/model", *(f"{f}/checkpoints" for f in
+                  ("warmup", "round_1", "round_2"))]  # fmt: skip
+    assert [p for p in superseded if (root / p).exists()] == []
     assert not (root / "round_3" / "mistakes").exists()  # the last folder scores the final model
     for stage in ("retrieve", "build", "train", "eval"):
         assert stages.read_marker(root / "round_2", stage)["seconds"] > 0
@@ -391,3 +395,22 @@ def test_a_killed_run_resumes_to_the_same_results(fast_run, tmp_path):
     assert [r["scores"] for r in read_jsonl(root / final)] == [
         r["scores"] for r in read_jsonl(ref / final)
     ]
+
+
+@pytest.mark.parametrize(
+    ("keep", "final", "left"),
+    [("all", True, {"warmup", "round_1", "round_2"}), ("last", False, {"round_2"}),
+     ("last", True, {"round_2"}), ("none", False, {"round_2"}), ("none", True, set())],
+)  # fmt: skip
+def test_prune_keeps_what_a_later_stage_needs(tmp_path, keep, final, left):
+    for name in ("warmup", "round_1", "round_2", "round_3"):
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "checkpoints").mkdir()
+        if name != "round_3":  # round 3's training has not finished: its files stay
+            write_json(stages.marker(tmp_path / name, "train"), {"seconds": 1.0})
+    stages.prune(tmp_path, keep, final=final)
+    models = {p.parent.name for p in tmp_path.glob("*/model")}
+    assert models == left | {"round_3"}
+    checkpoints = {p.parent.name for p in tmp_path.glob("*/checkpoints")}
+    assert checkpoints == ({"warmup", "round_1", "round_2", "round_3"} if keep == "all"
+                           else {"round_3"})  # fmt: skip

@@ -37,8 +37,8 @@ from cem.validate import RUN_CHECKS, ConfigInvalid
 
 CONFIG = "config.yaml"
 # Keys that may change between a run and its continuation: they do not alter any result.
-MAY_CHANGE = ("run_dir", "loop.rounds", "loop.patience", "loop.min_delta", "logger",
-              "eval.progress", "trainer.enable_progress_bar")  # fmt: skip
+MAY_CHANGE = ("run_dir", "loop.rounds", "loop.patience", "loop.min_delta", "loop.keep_models",
+              "logger", "eval.progress", "trainer.enable_progress_bar")  # fmt: skip
 
 
 def check_run(cfg: DictConfig) -> list[str]:
@@ -193,6 +193,7 @@ def run_loop(cfg: DictConfig) -> dict:
         evaluate_round(cfg, root, 0, None, sets)
         base = warm_up(cfg, root) if cfg.loop.warmup.enabled else None
         reason = _rounds(cfg, root, base, sets, logger)
+        stages.prune(root, cfg.loop.keep_models, final=True)
         summary = write_summary(root, cfg, reason, plot=True)
         logger.update(summary, final=True)
     finally:
@@ -223,6 +224,7 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], log
             console.print(f"[bold]cem run[/] stops before round {k}: {why}")
             return reason
         trained = run_round(cfg, root, k, base)
+        stages.prune(root, cfg.loop.keep_models)
         if trained is None:
             logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl", None)
             console.print(f"[bold]cem run[/] stops in round {k}: no knowledge passages to train on")

@@ -27,6 +27,31 @@ from cem.ui import console
 DONE = "done"
 
 
+def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
+    """Delete what no later stage of the run in ``root`` needs; the paths deleted.
+
+    A finished training's checkpoints (they only resume an unfinished one), unless ``keep``
+    is ``all``; every model but the newest trained one (a later training started from it,
+    and the evaluation that scored it came before), unless ``keep`` is ``all``; and with
+    ``keep=none`` and ``final`` (the run is over), the newest model too.
+    """
+    from cem.config import KeepModels
+
+    keep = KeepModels(keep)
+    if keep == KeepModels.all:
+        return []
+    rounds = sorted((p for p in root.glob("round_*") if p.name[6:].isdigit()),
+                    key=lambda p: int(p.name[6:]))  # fmt: skip
+    trained = [f for f in (root / "warmup", *rounds) if read_marker(f, "train")]
+    doomed = [f / "checkpoints" for f in trained] + [f / "model" for f in trained[:-1]]
+    if keep == KeepModels.none and final and trained:
+        doomed.append(trained[-1] / "model")
+    gone = [p for p in doomed if p.is_dir()]
+    for path in gone:
+        shutil.rmtree(path)
+    return gone
+
+
 def marker(folder: Path, stage: str) -> Path:
     """Where ``stage``'s done-marker lives in ``folder``."""
     return folder / DONE / f"{stage}.json"
