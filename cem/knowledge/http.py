@@ -8,9 +8,7 @@ keys) are passed per request and never stored, logged or made part of a cache ke
 
 from __future__ import annotations
 
-import base64
 import email.utils
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +21,7 @@ from typing import Any
 import httpx
 
 from cem.errors import CemError, ConfigError
-from cem.io import atomic_open
+from cem.knowledge.cache import HttpResponse, ResponseCache, cache_key, default_cache_dir
 from cem.knowledge.types import SourceStats
 
 log = logging.getLogger(__name__)
@@ -85,20 +83,6 @@ class _Request:
     content_types: tuple[str, ...] | None
 
 
-@dataclass
-class HttpResponse:
-    """A successful (2xx) response, read in full within the size cap."""
-
-    url: str
-    status: int
-    content_type: str  # media type only, lower case, without parameters
-    body: bytes
-    from_cache: bool = False
-
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-
 class RateLimiter:
     """At most ``per_s`` requests a second to each host; safe to share between threads."""
 
@@ -115,57 +99,6 @@ class RateLimiter:
             self._next[host] = slot + self._interval
         if slot > now:
             time.sleep(slot - now)
-
-
-def cache_key(method: str, url: str, params: dict[str, Any] | None = None) -> str:
-    """sha256 of method, URL and sorted parameters. Headers (and so API keys) never enter."""
-    full = httpx.URL(url, params=sorted((params or {}).items()))
-    return hashlib.sha256(f"{method.upper()} {full}".encode()).hexdigest()
-
-
-class ResponseCache:
-    """One JSON file per response under ``root/ab/abcdef....json``, written atomically."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> HttpResponse | None:
-        """The stored response, or None when absent or unreadable (a corrupt entry is a miss)."""
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        try:
-            with open(path, encoding="utf-8") as fh:
-                row = json.load(fh)
-            body = base64.b64decode(row["body_b64"], validate=True)
-            return HttpResponse(
-                row["url"], int(row["status"]), str(row["content_type"]), body, True
-            )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring corrupt HTTP cache entry %s (%s); refetching", path, e)
-            return None
-
-    def put(self, key: str, resp: HttpResponse) -> None:
-        row = {
-            "url": resp.url,
-            "status": resp.status,
-            "content_type": resp.content_type,
-            "body_b64": base64.b64encode(resp.body).decode("ascii"),
-        }
-        with atomic_open(self._path(key)) as fh:
-            json.dump(row, fh)
-
-    def drop(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-
-def default_cache_dir() -> Path:
-    """``$CEM_CACHE/http``, where ``$CEM_CACHE`` defaults to ``~/.cache/cem``."""
-    root = os.environ.get("CEM_CACHE") or os.path.join("~", ".cache", "cem")
-    return Path(root).expanduser() / "http"
 
 
 def _retry_after_s(value: str | None) -> float | None:
