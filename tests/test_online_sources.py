@@ -214,6 +214,14 @@ def test_web_search_cache_and_key_secrecy(api, tmp_path, bing_key, caplog):
     assert cache_key("GET", url, {"q": "x"}) == cache_key("GET", url, {"q": "x"})
 
 
+def test_cache_key_keeps_the_query_string_of_a_url():
+    """Two result pages that differ only in their query are two cache entries."""
+    assert cache_key("GET", "https://x.org/p?id=1") != cache_key("GET", "https://x.org/p?id=2")
+    assert cache_key("GET", "https://x.org/p?id=1") == cache_key(
+        "GET", "https://x.org/p", {"id": 1}
+    )
+
+
 def test_web_search_wrong_key_is_an_error_without_the_key(api, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, "sk-WRONG-0000")
     src = WebSearchSource(web_cfg(api, tmp_path))

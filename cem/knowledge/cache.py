@@ -38,7 +38,8 @@ class HttpResponse:
 
 def cache_key(method: str, url: str, params: dict[str, Any] | None = None) -> str:
     """sha256 of method, URL and sorted parameters. Headers (and so API keys) never enter."""
-    full = httpx.URL(url, params=sorted((params or {}).items()))
+    # Without params, the URL's own query stays: httpx.URL(url, params=[]) would drop it.
+    full = httpx.URL(url, params=sorted(params.items())) if params else httpx.URL(url)
     return hashlib.sha256(f"{method.upper()} {full}".encode()).hexdigest()
 
 
