@@ -1,7 +1,8 @@
 """The on-disk cache of successful HTTP responses, shared by the online sources.
 
-Keys are sha256 of the method, the URL and its parameters: headers, and so API keys,
-never enter a key.
+Keys are sha256 of the method, the URL with its public parameters and the request body:
+headers, and so API keys, never enter a key, and secret query parameters (SerpApi's
+``api_key``) are added on the wire only, so they never reach a key or a stored URL.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HttpResponse:
-    """A successful (2xx) response, read in full within the size cap."""
+    """A successful (2xx) response, read in full within the size cap and decoded."""
 
-    url: str
+    url: str  # the final URL (after redirects), as shown: never a key
     status: int
     content_type: str  # media type only, lower case, without parameters
     body: bytes
@@ -36,11 +37,14 @@ class HttpResponse:
         return self.body.decode("utf-8", errors="replace")
 
 
-def cache_key(method: str, url: str, params: dict[str, Any] | None = None) -> str:
-    """sha256 of method, URL and sorted parameters. Headers (and so API keys) never enter."""
-    # Without params, the URL's own query stays: httpx.URL(url, params=[]) would drop it.
-    full = httpx.URL(url, params=sorted(params.items())) if params else httpx.URL(url)
-    return hashlib.sha256(f"{method.upper()} {full}".encode()).hexdigest()
+def cache_key(method: str, url: str, params: dict[str, Any] | None = None,
+              body: bytes | None = None) -> str:  # fmt: skip
+    """sha256 of method, URL, sorted parameters and body. Headers (and so keys) never enter."""
+    full = httpx.URL(url, params=sorted((params or {}).items())) if params else httpx.URL(url)
+    text = f"{method.upper()} {full}"
+    if body is not None:
+        text += " " + hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ResponseCache:
