@@ -80,6 +80,25 @@ class EvalConfig:
     progress: bool = True
 
 
+class SearchProvider(StrEnum):
+    """The web search API behind a ``web_search`` source (``cem.knowledge.providers``)."""
+
+    searxng = "searxng"  # a self-hosted SearXNG instance's JSON API; no key
+    brave = "brave"  # the Brave Search API
+    tavily = "tavily"  # the Tavily search API
+    serpapi_bing = "serpapi_bing"  # SerpApi with engine=bing: the paper's Bing results
+    bing = "bing"  # retired: the Bing Search APIs shut down on 2025-08-11; refused with the fix
+
+
+@dataclass
+class SearchConfig:
+    """The provider every ``web_search`` source uses (``conf/knowledge/search/``)."""
+
+    provider: SearchProvider = SearchProvider.searxng
+    endpoint: str | None = None  # searxng: the instance's base URL; others: the API URL
+    api_key_env: str | None = None  # the env var holding the key (keyed providers only)
+
+
 @dataclass
 class SourceConfig:
     """One knowledge source. ``kind`` picks the implementation; other keys tune it."""
@@ -97,20 +116,22 @@ class SourceConfig:
     embedding_model: str | None = None  # or a local folder / hub id, which wins over the asset
     index_dir: str | None = None  # where indexes are cached; null: $CEM_CACHE/indexes
     # HTTP sources (wikipedia_api, web_search).
-    endpoint: str | None = None  # API base URL
+    provider: SearchProvider = SearchProvider.searxng  # web_search: the search API
+    endpoint: str | None = None  # API URL (web_search searxng: the instance's base URL)
     api_key_env: str | None = None  # web_search: name of the env var holding the key
     user_agent: str = "cem/0.1 (CEM research framework; add your contact: user_agent=...)"
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # API calls: one deadline per attempt (connect, headers, body)
     retries: int = 3
     backoff_s: float = 0.5  # first retry waits this long, then doubles
-    max_response_bytes: int = 2_000_000
+    max_response_bytes: int = 2_000_000  # API responses, after decompression
     rate_limit_per_s: float = 5.0  # per host
     cache_dir: str | None = None  # on-disk HTTP response cache; null: $CEM_CACHE/http
     fetch_pages: int = 5  # web_search: result pages fetched per query
-    page_max_bytes: int = 1_000_000
-    page_timeout_s: float = 10.0
+    page_max_bytes: int = 1_000_000  # after decompression
+    page_timeout_s: float = 10.0  # one deadline per page: every hop, retries included
+    page_max_redirects: int = 3  # redirects followed per page, each hop checked
     mmr_lambda: float = 0.7  # web_search: relevance vs diversity when choosing passages
-    market: str = "en-US"  # web_search: the Bing market (mkt)
+    market: str = "en-US"  # web_search: results' language-region (searxng, brave, serpapi_bing)
     retry_after_cap_s: float = 60.0  # longest Retry-After honoured before retrying
 
 
@@ -122,6 +143,10 @@ class KnowledgeConfig:
         MISSING  # wiki_offline | wiki_dense | local_corpus | wikipedia_api | web_search | mix
     )
     sources: list[SourceConfig] = field(default_factory=list)
+    search: SearchConfig = field(default_factory=SearchConfig)  # web_search's provider
+    # Hosts or CIDRs the page fetcher may reach although they are not public addresses
+    # (loopback, private, link-local...); e.g. [127.0.0.1] for a local test server.
+    allowed_private_hosts: list[str] = field(default_factory=list)
     # Where the CPT passages come from: mistakes (CEM: retrieved for this round's mistakes),
     # random (random corpus passages with the token count CEM's retrieval kept; a baseline)
     # or full (every passage of the corpus; the full-corpus CPT baseline).

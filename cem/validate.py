@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
 from cem.benchmarks.world import TRANSFER_SETS as WORLD_TRANSFER
 from cem.errors import CemError
+from cem.knowledge.providers import check_web
 
 FORMULATIONS = ("mcf", "cf")
 MCF_TARGETS = ("letter", "text")
@@ -155,6 +156,7 @@ def check_knowledge(k: DictConfig) -> list[str]:
         )
     for i, s in enumerate(k.sources):
         problems.append(at_least(f"knowledge.sources.{i}.top_k", s.top_k, 1, 5))
+    problems += check_web(k)  # provider, endpoint and key, before round 0 rather than in round 1
     return [p for p in problems if p]
 
 

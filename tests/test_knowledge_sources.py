@@ -339,7 +339,7 @@ def test_online_kinds_are_imported_lazily(monkeypatch):
     made = []
 
     class Fake:
-        def __init__(self, cfg, index=0):
+        def __init__(self, cfg, index=0, **_):
             made.append((type(self).__name__, cfg.kind, index))
             self.name, self.stats = cfg.kind, SourceStats()
 

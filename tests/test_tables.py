@@ -341,7 +341,7 @@ def test_run_metrics_of_a_synthetic_summary():
 # every job's stages and the report, not the numbers.
 TINY = ("experiment=fast", "seed=0", "loop.rounds=1", "loop.warmup.enabled=false",
         "benchmark.limit=4")  # fmt: skip
-BING_KEY_ENV = "CEM_TEST_BING_KEY"
+SEARCH_KEY_ENV, SEARCH_KEY = "CEM_TEST_SEARCH_KEY", "sk-table-SECRET-4242"
 
 
 def table_overrides(table: str, tmp_path: Path, api: FakeAPI, shared: Path | None) -> list[str]:
@@ -351,9 +351,10 @@ def table_overrides(table: str, tmp_path: Path, api: FakeAPI, shared: Path | Non
                 f"benchmark.path={shared}/${{.name}}"]  # fmt: skip
     if table == "knowledge_source":
         # mix's dense index needs the MiniLM asset; it is composed above, not run here.
-        return ["hydra.sweeper.params.knowledge='wiki_offline,web_search'",
-                f"knowledge.sources.0.endpoint={api.url('/bing-clean/v7.0/search')}",
-                f"knowledge.sources.0.api_key_env={BING_KEY_ENV}",
+        return ["hydra.sweeper.params.knowledge='wiki_offline,web_search'", "knowledge/search=brave",
+                f"knowledge.search.endpoint={api.url('/brave/res/v1/web/search')}",
+                f"knowledge.search.api_key_env={SEARCH_KEY_ENV}",
+                "knowledge.allowed_private_hosts=[127.0.0.1]",
                 f"knowledge.sources.0.cache_dir={tmp_path / 'http'}"]  # fmt: skip
     return []
 
@@ -373,9 +374,9 @@ def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeyp
     shared = shared_benchmarks_dir()
     if table == "main" and shared is None:
         pytest.skip("table=main reads ../shared/benchmarks (not found; set CEM_SHARED_DIR)")
-    monkeypatch.setenv(BING_KEY_ENV, "test-key")
+    monkeypatch.setenv(SEARCH_KEY_ENV, SEARCH_KEY)
     sweep = tmp_path / table
-    with FakeAPI(bing_key="test-key") as api:
+    with FakeAPI(key=SEARCH_KEY) as api:
         rc = main(["run", f"table={table}", *TINY, f"hydra.sweep.dir={sweep}",
                    *table_overrides(table, tmp_path, api, shared)])  # fmt: skip
     assert rc == 0
@@ -389,6 +390,10 @@ def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeyp
     for r in runs:
         assert r.summary["stopped"]["reason"] in ("rounds", "no_mistakes", "no_knowledge")
         assert (r.path / "round_0" / "eval" / "records.jsonl").is_file()
+    if table == "knowledge_source":  # the key is in no file: configs, logs, stats, results
+        assert not [
+            f for f in sweep.rglob("*") if f.is_file() and SEARCH_KEY.encode() in f.read_bytes()
+        ]
     paths = make_report(sweep, draw=False)
     rows = list(csv.DictReader(paths["csv"].open()))
     variants = {r["variant"] for r in rows}

@@ -1,29 +1,56 @@
-"""A small, polite HTTP client for the online knowledge sources.
+"""A small, polite, guarded HTTP client for the online knowledge sources.
 
-It sends a real User-Agent, waits between requests to the same host, retries transient
-failures with exponential backoff (honouring ``Retry-After``), stops reading a response
-past a size cap and keeps successful responses in an on-disk cache. Secret headers (API
-keys) are passed per request and never stored, logged or made part of a cache key.
+Two kinds of request, with two policies:
+
+- **API calls** (:meth:`HttpClient.get_json`, :meth:`HttpClient.post_json`) go to the
+  configured endpoint and never follow a redirect. A client that follows one (httpx strips
+  only ``Authorization`` when the origin changes) would send a custom key header such as
+  ``X-Subscription-Token``, or a key in the query string such as SerpApi's ``api_key``, to
+  whatever host the redirect names. A 3xx answer is an error that says to set the endpoint
+  to the final URL. Headers and secret query parameters go on the wire only: never into
+  the cache key, the cache, a log line or a message.
+- **Page fetches** (:meth:`HttpClient.fetch_page`) go where search results point.
+  Redirects are followed by hand, up to ``max_redirects``; every hop, the first included,
+  must be http(s) and reach an address that the :class:`~cem.knowledge.net.AddressPolicy`
+  permits (checked when connecting, on the resolved address then used). One deadline
+  covers the whole page: every hop's connect, headers and body, and the retries. The size
+  cap holds on the wire and after decompression; the content type is checked before the
+  body is read.
+
+Both wait between requests to a host, retry 429 and 5xx with exponential backoff
+(honouring ``Retry-After``) and keep successful responses in an on-disk cache. The client
+speaks httpcore (httpx only builds URLs): httpx's client logs each request's full URL at
+INFO, which would carry a query-string key into the logs.
 """
 
 from __future__ import annotations
 
-import base64
-import email.utils
-import hashlib
+import contextlib
 import json
 import logging
 import os
+import ssl
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 
-from cem.errors import CemError, ConfigError
-from cem.io import atomic_open
+from cem.errors import CemError
+from cem.knowledge.cache import HttpResponse, ResponseCache, cache_key
+from cem.knowledge.net import (
+    AddressPolicy,
+    GuardedBackend,
+    RateLimiter,
+    Refused,
+    deadline,
+    read_body,
+    retry_after_s,
+    time_left,
+)
 from cem.knowledge.types import SourceStats
 
 log = logging.getLogger(__name__)
@@ -31,18 +58,19 @@ log = logging.getLogger(__name__)
 # A server may ask for a long pause; past this we wait only this long and then retry, so
 # one busy host cannot stall a whole retrieval round.
 RETRY_AFTER_CAP_S = 60.0
+_SCHEMES = ("http", "https")
 
 
 class HttpError(CemError):
-    """A request failed after every retry, or its response was refused.
+    """A request failed after every retry, or was refused.
 
     Attributes:
-        url: the URL without secret headers (query parameters are never secret here).
+        url: the URL as shown: public query parameters only, never a key.
         reason: what went wrong.
         status: the last HTTP status, if a response came back.
-        skipped: True when the response was refused on purpose (wrong content type,
-            too large), not because the server or network failed.
-        timeout: True when the last failure was a timeout.
+        counter: the ``SourceStats`` counter naming a refusal (``refused_size``,
+            ``api_redirects``...), None for failures of the server or network.
+        timeout: True when the last failure was the deadline passing.
     """
 
     def __init__(
@@ -51,12 +79,17 @@ class HttpError(CemError):
         reason: str,
         *,
         status: int | None = None,
-        skipped: bool = False,
+        counter: str | None = None,
         timeout: bool = False,
     ):
         self.url, self.reason, self.status = url, reason, status
-        self.skipped, self.timeout = skipped, timeout
-        super().__init__(f"GET {url}: {reason}")
+        self.counter, self.timeout = counter, timeout
+        super().__init__(f"{url}: {reason}")
+
+    @property
+    def skipped(self) -> bool:
+        """Refused on purpose (type, size, address...), not failed."""
+        return bool(self.counter and self.counter.startswith("refused"))
 
 
 class _Retryable(Exception):
@@ -76,122 +109,38 @@ class _Retryable(Exception):
 
 @dataclass
 class _Request:
-    shown: str  # the full URL for messages and logs (never carries secret headers)
-    url: str
-    params: dict[str, Any] | None
-    secret_headers: dict[str, str] | None
-    timeout_s: float
+    method: str
+    url: httpx.URL  # with the public parameters: what is shown and cached
     max_bytes: int
-    content_types: tuple[str, ...] | None
+    timeout_s: float  # API calls: each attempt; pages: the whole page, retries included
+    redirects: int | None  # None: an API call (a redirect is an error); else hops allowed
+    headers: dict[str, str] = field(default_factory=dict)  # sent only (keys among them)
+    secret_params: dict[str, str] = field(default_factory=dict)  # added on the wire only
+    body: bytes | None = None
+    content_types: tuple[str, ...] | None = None
+
+    @property
+    def shown(self) -> str:
+        return str(self.url)
+
+    @property
+    def key(self) -> str:
+        return cache_key(self.method, self.shown, None, self.body)
 
 
-@dataclass
-class HttpResponse:
-    """A successful (2xx) response, read in full within the size cap."""
-
-    url: str
-    status: int
-    content_type: str  # media type only, lower case, without parameters
-    body: bytes
-    from_cache: bool = False
-
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-
-class RateLimiter:
-    """At most ``per_s`` requests a second to each host; safe to share between threads."""
-
-    def __init__(self, per_s: float):
-        self._interval = 1.0 / per_s
-        self._next: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def wait(self, host: str) -> None:
-        """Block until ``host`` may be sent another request, and book that slot."""
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next.get(host, now))
-            self._next[host] = slot + self._interval
-        if slot > now:
-            time.sleep(slot - now)
-
-
-def cache_key(method: str, url: str, params: dict[str, Any] | None = None) -> str:
-    """sha256 of method, URL and sorted parameters. Headers (and so API keys) never enter."""
-    full = httpx.URL(url, params=sorted((params or {}).items()))
-    return hashlib.sha256(f"{method.upper()} {full}".encode()).hexdigest()
-
-
-class ResponseCache:
-    """One JSON file per response under ``root/ab/abcdef....json``, written atomically."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> HttpResponse | None:
-        """The stored response, or None when absent or unreadable (a corrupt entry is a miss)."""
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        try:
-            with open(path, encoding="utf-8") as fh:
-                row = json.load(fh)
-            body = base64.b64decode(row["body_b64"], validate=True)
-            return HttpResponse(
-                row["url"], int(row["status"]), str(row["content_type"]), body, True
-            )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring corrupt HTTP cache entry %s (%s); refetching", path, e)
-            return None
-
-    def put(self, key: str, resp: HttpResponse) -> None:
-        row = {
-            "url": resp.url,
-            "status": resp.status,
-            "content_type": resp.content_type,
-            "body_b64": base64.b64encode(resp.body).decode("ascii"),
-        }
-        with atomic_open(self._path(key)) as fh:
-            json.dump(row, fh)
-
-    def drop(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-
-def default_cache_dir() -> Path:
-    """``$CEM_CACHE/http``, where ``$CEM_CACHE`` defaults to ``~/.cache/cem``."""
-    root = os.environ.get("CEM_CACHE") or os.path.join("~", ".cache", "cem")
-    return Path(root).expanduser() / "http"
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _media_type(header: str | None) -> str:
-    return (header or "").split(";")[0].strip().lower()
+def _header(r: httpcore.Response, name: bytes) -> str:
+    for key, value in r.headers:
+        if key.lower() == name:
+            return value.decode("latin-1").strip()
+    return ""
 
 
 class HttpClient:
-    """GET with timeouts, retries, a size cap, a per-host rate limit and a response cache.
+    """API calls and page fetches with deadlines, retries, caps, a rate limit and a cache.
 
-    Counters (``retries``, ``cache_hits``) go into the ``stats`` it is given; failures that
-    survive every retry are raised as :class:`HttpError` for the caller to count.
+    Counters (``retries``, ``rate_limited``, ``server_errors``, ``cache_hits``) go into the
+    ``stats`` it is given; failures and refusals are raised as :class:`HttpError` for the
+    caller to count.
     """
 
     def __init__(
@@ -206,176 +155,239 @@ class HttpClient:
         cache_dir: str | os.PathLike,
         stats: SourceStats,
         retry_after_cap_s: float = RETRY_AFTER_CAP_S,
+        policy: AddressPolicy | None = None,
+        max_redirects: int = 3,
+        ssl_context: ssl.SSLContext | None = None,
     ):
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self.max_bytes, self.retry_after_cap_s = max_bytes, retry_after_cap_s
+        self.user_agent, self.timeout_s = user_agent, timeout_s
+        self.retries, self.backoff_s, self.max_bytes = retries, backoff_s, max_bytes
+        self.retry_after_cap_s, self.max_redirects = retry_after_cap_s, max_redirects
         self.stats = stats
         self.cache = ResponseCache(cache_dir)
         self._limiter = RateLimiter(rate_limit_per_s)
         self._lock = threading.Lock()  # stats are bumped from page-fetching threads
-        self._client = httpx.Client(
-            headers={"User-Agent": user_agent}, follow_redirects=True, timeout=timeout_s
+        # ssl_context None: httpcore's default, which verifies certificates (certifi's CAs).
+        self._api = httpcore.ConnectionPool(
+            ssl_context=ssl_context, network_backend=GuardedBackend(None)
+        )
+        # No connection limit for pages: the fetching threads bound them, and a request
+        # waiting for a free connection would spend its page's deadline waiting.
+        self._pages = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            network_backend=GuardedBackend(policy or AddressPolicy()),
+            max_connections=None,
         )
 
     def __repr__(self) -> str:
         return f"HttpClient(cache={str(self.cache.root)!r}, retries={self.retries})"
 
     def close(self) -> None:
-        self._client.close()
+        self._api.close()
+        self._pages.close()
 
     def count(self, counter: str) -> None:
         """Add one to a ``SourceStats`` counter; safe from several threads."""
         with self._lock:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
 
-    def get(
+    def get_json(
         self,
         url: str,
         params: dict[str, Any] | None = None,
         *,
-        secret_headers: dict[str, str] | None = None,
-        timeout_s: float | None = None,
-        max_bytes: int | None = None,
-        content_types: tuple[str, ...] | None = None,
-    ) -> HttpResponse:
-        """GET ``url``; from the cache when an identical request succeeded before.
+        headers: dict[str, str] | None = None,
+        secret_params: dict[str, str] | None = None,
+    ) -> Any:
+        """GET an API URL and parse its JSON; from the cache when asked before.
 
         Args:
-            url: the URL; ``params`` are added as its query string.
-            params: query parameters (part of the cache key).
-            secret_headers: headers such as API keys; sent, never stored or logged.
-            timeout_s: overrides the client's timeout (per read, and for the whole body).
-            max_bytes: overrides the client's response-size cap.
-            content_types: accepted media types; others are refused unread.
+            url: the endpoint; ``params`` are its query string (and part of the cache key).
+            headers: extra headers such as a key; sent, never stored, logged or shown.
+            secret_params: query parameters such as a key; sent, never stored or shown.
 
         Raises:
-            HttpError: the request failed after every retry, or its response was refused.
+            HttpError: after every retry, on a redirect, or for a body that is not JSON.
         """
-        key = cache_key("GET", url, params)
-        hit = self.cache.get(key)
-        if hit is not None and (not content_types or hit.content_type in content_types):
-            self.count("cache_hits")
-            return hit
-        req = _Request(
-            shown=str(httpx.URL(url, params=params)),
-            url=url,
-            params=params,
-            secret_headers=secret_headers,
-            timeout_s=self.timeout_s if timeout_s is None else timeout_s,
-            max_bytes=self.max_bytes if max_bytes is None else max_bytes,
-            content_types=content_types,
-        )
-        resp = self._with_retries(req)
-        self.cache.put(key, resp)
-        return resp
+        url_ = httpx.URL(url, params=params)
+        return self._json(self._api_request("GET", url_, headers, secret_params))
 
-    def get_json(self, url: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        """:meth:`get`, then parse JSON; a body that is not JSON is an HttpError (and uncached)."""
-        resp = self.get(url, params, **kwargs)
+    def post_json(
+        self, url: str, payload: dict[str, Any], *, headers: dict[str, str] | None = None
+    ) -> Any:
+        """POST ``payload`` as JSON to an API URL and parse the answer (cached by payload)."""
+        body = json.dumps(payload, sort_keys=True).encode()
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        return self._json(self._api_request("POST", httpx.URL(url), sent, None, body))
+
+    def _api_request(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: dict[str, str] | None,
+        secret_params: dict[str, str] | None,
+        body: bytes | None = None,
+    ) -> _Request:
+        return _Request(
+            method,
+            url,
+            self.max_bytes,
+            self.timeout_s,
+            None,
+            dict(headers or {}),
+            dict(secret_params or {}),
+            body,
+        )
+
+    def fetch_page(
+        self, url: str, *, timeout_s: float, max_bytes: int, content_types: tuple[str, ...]
+    ) -> HttpResponse:
+        """GET a page that a search result names, under the page policy (module docstring).
+
+        Raises:
+            HttpError: refused (``counter`` names why) or failed after every retry.
+        """
+        page = _Request("GET", httpx.URL(url), max_bytes, timeout_s, self.max_redirects)
+        page.content_types = content_types
+        return self._cached(page)
+
+    def _json(self, req: _Request) -> Any:
+        resp = self._cached(req)
         try:
             return json.loads(resp.body)
         except ValueError:
-            self.cache.drop(cache_key("GET", url, params))
-            raise HttpError(resp.url, "response is not valid JSON", status=resp.status) from None
+            self.cache.drop(req.key)
+            raise HttpError(req.shown, "response is not valid JSON", status=resp.status) from None
+
+    def _cached(self, req: _Request) -> HttpResponse:
+        hit = self.cache.get(req.key)
+        if hit is not None and (not req.content_types or hit.content_type in req.content_types):
+            self.count("cache_hits")
+            return hit
+        resp = self._with_retries(req)
+        self.cache.put(req.key, resp)
+        return resp
 
     def _with_retries(self, req: _Request) -> HttpResponse:
+        page_deadline: float | None = None  # pages: set once, after the first rate-limit wait
         last: _Retryable | None = None
+        attempts = 0
         for attempt in range(self.retries + 1):
             if last is not None:
                 wait = self.backoff_s * 2 ** (attempt - 1)
                 if last.wait_s is not None:  # the server said how long; trust it, within reason
                     wait = min(last.wait_s, self.retry_after_cap_s)
+                if page_deadline is not None and time.monotonic() + wait >= page_deadline:
+                    break  # the page's one deadline leaves no time for another try
                 log.info("retrying %s in %.2fs after: %s", req.shown, wait, last.reason)
                 self.count("retries")
                 time.sleep(wait)
-            self._limiter.wait(httpx.URL(req.url).netloc.decode("ascii"))
+            self._limiter.wait(req.url.host)
+            if req.redirects is not None and page_deadline is None:
+                page_deadline = time.monotonic() + req.timeout_s
+            attempts += 1
             try:
-                return self._attempt(req)
+                with deadline(page_deadline or time.monotonic() + req.timeout_s):
+                    return self._attempt(req)
             except _Retryable as e:
                 last = e
         assert last is not None
+        counter = "page_timeouts" if last.timeout and req.redirects is not None else None
         raise HttpError(
             req.shown,
-            f"failed after {self.retries + 1} attempts: {last.reason}",
+            f"failed after {attempts} attempts: {last.reason}",
             status=last.status,
+            counter=counter,
             timeout=last.timeout,
         )
 
     def _attempt(self, req: _Request) -> HttpResponse:
-        shown = req.shown
+        """One try: the request and, for a page, its redirects, each hop checked."""
+        url, seen = req.url, {str(req.url)}
+        for hop in range(1 + (req.redirects or 0) + 1):
+            if url.scheme not in _SCHEMES:
+                raise HttpError(
+                    str(url),
+                    f"{url.scheme!r} URL refused (http and https only)",
+                    counter="refused_scheme",
+                )
+            with self._send(req, url) as r:
+                if not (300 <= r.status < 400 and r.status != 304):
+                    return self._read(req, url, r)
+                if req.redirects is None:
+                    raise HttpError(
+                        req.shown,
+                        f"answered HTTP {r.status} (a redirect), which API calls never follow "
+                        "so that the key stays with the endpoint's host; set the endpoint to "
+                        "the URL it redirects to",
+                        status=r.status,
+                        counter="api_redirects",
+                    )
+                location = _header(r, b"location")
+                if not location:
+                    raise HttpError(
+                        str(url), f"HTTP {r.status} without a Location", status=r.status
+                    )
+                url = url.join(location)
+                if str(url) in seen or hop >= req.redirects:
+                    why = (
+                        "a redirect loop" if str(url) in seen else f"over {req.redirects} redirects"
+                    )
+                    raise HttpError(req.shown, f"{why} (at {url})", counter="refused_redirects")
+                seen.add(str(url))
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    @contextlib.contextmanager
+    def _send(self, req: _Request, url: httpx.URL) -> Iterator[httpcore.Response]:
+        """The response to one hop; transport errors become retries, refusals errors."""
+        pool = self._api if req.redirects is None else self._pages
+        wire = url.copy_merge_params(req.secret_params) if req.secret_params else url
+        headers = {"User-Agent": self.user_agent, "Accept-Encoding": "gzip, deflate", **req.headers}
+        left = time_left()
+        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), left)
         try:
-            with self._client.stream(
-                "GET", req.url, params=req.params, headers=req.secret_headers, timeout=req.timeout_s
+            with pool.stream(
+                req.method,
+                str(wire),
+                headers=list(headers.items()),
+                content=req.body,
+                extensions={"timeout": timeouts},
             ) as r:
-                status = r.status_code
-                if status == 429 or status >= 500:
-                    wait = _retry_after_s(r.headers.get("Retry-After"))
-                    raise _Retryable(f"HTTP {status}", status=status, wait_s=wait)
-                if not 200 <= status < 300:
-                    raise HttpError(shown, f"HTTP {status}", status=status)
-                ctype = _media_type(r.headers.get("Content-Type"))
-                if req.content_types and ctype not in req.content_types:
-                    raise HttpError(shown, f"content type {ctype!r} not accepted", skipped=True)
-                body = _read_capped(r, shown, req.max_bytes, time.monotonic() + req.timeout_s)
-                return HttpResponse(str(r.url), status, ctype, body)
-        except httpx.TimeoutException as e:
+                yield r
+        except Refused as e:
+            raise HttpError(str(url), e.reason, counter=e.counter) from None
+        except httpcore.TimeoutException as e:
             raise _Retryable(f"timeout ({type(e).__name__})", timeout=True) from None
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as e:
+        except (httpcore.NetworkError, httpcore.RemoteProtocolError) as e:
             raise _Retryable(f"network error ({type(e).__name__}: {e})") from None
-        except httpx.HTTPError as e:  # redirects loops, bad URLs: another try will not help
-            raise HttpError(shown, f"{type(e).__name__}: {e}") from None
+        except httpcore.LocalProtocolError:
+            # h11 quotes an illegal header value in its message, and a key is a header value.
+            raise HttpError(
+                str(url),
+                "the request is malformed (an illegal header or URL; "
+                "is the key in its environment variable well-formed?)",
+            ) from None
+        except (httpcore.ProtocolError, httpcore.UnsupportedProtocol) as e:
+            raise HttpError(str(url), f"{type(e).__name__}: {e}") from None
 
-
-def _read_capped(r: httpx.Response, shown: str, cap: int, deadline: float) -> bytes:
-    """The body, refusing it past ``cap`` bytes; a body that trickles past ``deadline`` times out."""
-    declared = r.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise HttpError(
-            shown, f"response of {declared} bytes exceeds the {cap}-byte cap", skipped=True
-        )
-    chunks, size = [], 0
-    for chunk in r.iter_bytes():
-        size += len(chunk)
-        if size > cap:  # stop reading: the server may be sending far more
-            raise HttpError(shown, f"response exceeds the {cap}-byte cap", skipped=True)
-        if time.monotonic() > deadline:
-            raise _Retryable("timeout (body took too long)", timeout=True)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def client_from_config(cfg: Any, stats: SourceStats, where: str) -> HttpClient:
-    """An :class:`HttpClient` from a source's config, after checking its HTTP fields.
-
-    Args:
-        cfg: a ``SourceConfig`` (or its DictConfig).
-        stats: the source's counters.
-        where: the config path of the source, e.g. ``knowledge.sources[0]``.
-
-    Raises:
-        ConfigError: a field is out of range; the message names the key and a fix.
-    """
-    checks = [
-        ("timeout_s", cfg.timeout_s > 0, "must be > 0", "10"),
-        ("page_timeout_s", cfg.page_timeout_s > 0, "must be > 0", "10"),
-        ("retries", cfg.retries >= 0, "must be >= 0", "3"),
-        ("backoff_s", cfg.backoff_s >= 0, "must be >= 0", "0.5"),
-        ("max_response_bytes", cfg.max_response_bytes > 0, "must be > 0", "2000000"),
-        ("page_max_bytes", cfg.page_max_bytes > 0, "must be > 0", "1000000"),
-        ("rate_limit_per_s", cfg.rate_limit_per_s > 0, "must be > 0", "5"),
-    ]
-    for name, ok, expected, fix in checks:
-        if not ok:
-            key = f"{where}.{name}"
-            raise ConfigError(key, getattr(cfg, name), expected, f"{key}={fix}")
-    return HttpClient(
-        user_agent=cfg.user_agent,
-        timeout_s=cfg.timeout_s,
-        retries=cfg.retries,
-        backoff_s=cfg.backoff_s,
-        max_bytes=cfg.max_response_bytes,
-        rate_limit_per_s=cfg.rate_limit_per_s,
-        cache_dir=Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(),
-        stats=stats,
-        retry_after_cap_s=cfg.retry_after_cap_s,
-    )
+    def _read(self, req: _Request, url: httpx.URL, r: httpcore.Response) -> HttpResponse:
+        status = r.status
+        if status == 429 or status >= 500:
+            self.count("rate_limited" if status == 429 else "server_errors")
+            wait = retry_after_s(_header(r, b"retry-after"))
+            raise _Retryable(f"HTTP {status}", status=status, wait_s=wait)
+        if not 200 <= status < 300:
+            raise HttpError(str(url), f"HTTP {status}", status=status)
+        ctype = _header(r, b"content-type").split(";")[0].strip().lower()
+        if req.content_types and ctype not in req.content_types:
+            raise HttpError(
+                str(url), f"content type {ctype!r} not accepted", counter="refused_type"
+            )
+        declared = _header(r, b"content-length")
+        if declared.isdigit() and int(declared) > req.max_bytes:
+            raise HttpError(
+                str(url),
+                f"response of {declared} bytes exceeds the {req.max_bytes}-byte cap",
+                counter="refused_size",
+            )
+        body = read_body(r.iter_stream(), _header(r, b"content-encoding"), req.max_bytes)
+        return HttpResponse(str(url), status, ctype, body)

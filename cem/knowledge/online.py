@@ -1,34 +1,32 @@
-"""Online knowledge sources: the live MediaWiki API and the Bing Web Search API.
+"""Online knowledge sources: the live MediaWiki API, and web search through a provider.
 
 Both speak HTTP through :class:`cem.knowledge.http.HttpClient` (rate-limited, retried,
-cached on disk). A request that fails after every retry is counted in ``stats`` and the
-round goes on: ``search`` never raises for network or API trouble.
+cached on disk; pages fetched under the guarded page policy). A request that fails after
+every retry, or a page that is refused, is counted in ``stats`` and the round goes on. The
+one exception is a search API that denies the key (401/403): every later query would fail
+too, so the command stops at once with the fix.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import re
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from cem.errors import CemError, ConfigError
-from cem.knowledge.http import HttpError, HttpResponse, client_from_config
+from cem.knowledge.cache import default_cache_dir
+from cem.knowledge.http import HttpClient, HttpError
+from cem.knowledge.net import AddressPolicy
+from cem.knowledge.providers import WebResult, check_web_search, make_provider, read_key
 from cem.knowledge.types import Passage, SourceStats
+from cem.knowledge.webtext import extract_main_text, mmr_select, split_paragraphs
 
 log = logging.getLogger(__name__)
 
 PAGE_CONTENT_TYPES = ("text/html", "text/plain", "application/xhtml+xml")
 # MediaWiki returns intro extracts for at most 20 titles per request (``exlimit``).
 _EXTRACT_BATCH = 20
-# Bing's ``count`` accepts at most 50.
-_BING_MAX_COUNT = 50
-# Lines of extracted page text shorter than this (headings, captions, bylines) are joined
-# to the next line, so that a passage is a paragraph and not a fragment.
-_MIN_PASSAGE_CHARS = 80
 
 
 def _endpoint(cfg: Any, where: str) -> str:
@@ -128,72 +126,66 @@ class WikipediaAPISource:
         log.warning("%s: %s", self.name, message)
 
 
+class SearchDenied(CemError):
+    """The search API refused the key (401/403): the command stops, naming the variable."""
+
+
 class WebSearchSource:
-    """Bing Web Search v7, then the top result pages' main text, chosen by MMR.
+    """A web search provider's results, then the top result pages' main text, chosen by MMR.
 
     The API key is read from the environment variable named by ``api_key_env`` at each
     search; it is never stored on the object, logged, cached or put in a message.
-    Passages: ``doc_id`` is the page URL, ``title`` the result's name, ``score`` is
+    Passages: ``doc_id`` is the page URL, ``title`` the result's title, ``score`` is
     ``1/(1+rank)`` in the MMR order.
     """
 
     name = "web_search"
 
-    def __init__(self, cfg: Any, index: int = 0):
-        """Args: cfg: the ``SourceConfig``; index: its place in ``knowledge.sources``.
+    def __init__(self, cfg: Any, index: int = 0, allowed_private_hosts: Any = ()):
+        """Args: cfg: the ``SourceConfig``; index: its place in ``knowledge.sources``;
+        allowed_private_hosts: ``knowledge.allowed_private_hosts``, for the page fetcher.
 
         Raises:
-            ConfigError: no endpoint, no ``api_key_env``, or a bad HTTP or MMR setting.
-            CemError: the environment variable that should hold the key is unset.
+            ConfigInvalid: the provider, endpoint or key is missing or retired.
+            ConfigError: a bad HTTP or MMR setting.
         """
-        self._where = where = f"knowledge.sources[{index}]"
-        self.endpoint = _endpoint(cfg, where)
-        if not cfg.api_key_env:
-            raise ConfigError(
-                f"{where}.api_key_env",
-                cfg.api_key_env,
-                "must name the environment variable that holds the Bing Web Search key",
-                f"{where}.api_key_env=BING_SEARCH_KEY",
-            )
+        from cem.validate import ConfigInvalid
+
+        self._where = where = f"knowledge.sources.{index}"
+        problems = check_web_search(cfg, index)
+        if problems:
+            raise ConfigInvalid(problems)
         if not 0.0 <= cfg.mmr_lambda <= 1.0:
             key = f"{where}.mmr_lambda"
             raise ConfigError(key, cfg.mmr_lambda, "must be in [0, 1]", f"{key}=0.7")
         if cfg.fetch_pages < 0:
             key = f"{where}.fetch_pages"
             raise ConfigError(key, cfg.fetch_pages, "must be >= 0", f"{key}=5")
-        self.api_key_env = str(cfg.api_key_env)
+        self.provider = make_provider(cfg)
+        self.api_key_env = str(cfg.api_key_env) if cfg.api_key_env else None
         self.fetch_pages, self.mmr_lambda = int(cfg.fetch_pages), float(cfg.mmr_lambda)
         self.page_max_bytes, self.page_timeout_s = int(cfg.page_max_bytes), cfg.page_timeout_s
-        self.market = str(cfg.market)
-        self._api_key()  # fail now, before any compute, if the key is missing
         # Pages refused or failed in this run: not fetched again (the cache keeps only successes).
         self._failed_pages: set[str] = set()
         self.stats = SourceStats()
-        self.client = client_from_config(cfg, self.stats, where)
+        self.client = client_from_config(cfg, self.stats, where, allowed_private_hosts)
 
     def __repr__(self) -> str:
-        return f"WebSearchSource(endpoint={self.endpoint!r}, api_key_env={self.api_key_env!r})"
+        return f"WebSearchSource(provider={self.provider!r}, api_key_env={self.api_key_env!r})"
 
     def close(self) -> None:
         self.client.close()
 
-    def _api_key(self) -> str:
-        key = os.environ.get(self.api_key_env, "").strip()
-        if not key:
-            raise CemError(
-                f"web_search needs a Bing Web Search key: set the environment variable "
-                f"{self.api_key_env} (named by {self._where}.api_key_env), e.g. "
-                f"`export {self.api_key_env}=<your key>`"
-            )
-        return key
-
     def search(self, queries: list[str], k: int) -> list[list[Passage]]:
-        """The ``k`` most relevant yet diverse passages from each query's result pages."""
-        key = self._api_key()
+        """The ``k`` most relevant yet diverse passages from each query's result pages.
+
+        Raises:
+            SearchDenied: the API answered 401 or 403 (a wrong key, or SearXNG's JSON off).
+        """
         self.stats.queries += len(queries)
         out = []
         for query in queries:
-            results = self._web_results(query, max(k, self.fetch_pages), key)
+            results = self._web_results(query, max(k, self.fetch_pages))
             candidates = self._candidates(results)
             chosen = mmr_select(query, [c[0] for c in candidates], k, self.mmr_lambda)
             passages = [
@@ -211,50 +203,62 @@ class WebSearchSource:
             out.append(passages)
         return out
 
-    def _web_results(self, query: str, count: int, key: str) -> list[dict[str, str]]:
-        params = {"q": query, "count": min(count, _BING_MAX_COUNT), "mkt": self.market}
-        try:
-            data = self.client.get_json(
-                self.endpoint, params, secret_headers={"Ocp-Apim-Subscription-Key": key}
+    def _web_results(self, query: str, count: int) -> list[WebResult]:
+        key = read_key(self.api_key_env) if self.api_key_env else None
+        if self.api_key_env and key is None:  # unset since validation: say so, once
+            raise CemError(
+                f"{self._where}.api_key_env names {self.api_key_env}, which is not "
+                f"set (export {self.api_key_env}=<your key>)"
             )
-            values = data.get("webPages", {}).get("value", [])
-            return [
-                {"name": str(v.get("name", "")), "url": v["url"], "snippet": v.get("snippet", "")}
-                for v in values
-                if str(v.get("url", "")).startswith(("http://", "https://"))
-            ]
+        req = self.provider.request(query, count, key)
+        try:
+            if req.method == "POST":
+                data = self.client.post_json(req.url, req.payload or {}, headers=req.headers)
+            else:
+                data = self.client.get_json(
+                    req.url, req.params, headers=req.headers, secret_params=req.secret_params
+                )
+            results = self.provider.parse(data)
         except HttpError as e:
-            hint = f" (check the key in ${self.api_key_env})" if e.status in (401, 403) else ""
-            self._error(f"search for {query!r} failed: {e.reason}{hint}")
+            if e.status in (401, 403):
+                raise SearchDenied(
+                    self.provider.denied(e.status, self._where, self.api_key_env)
+                ) from None
+            if e.counter:
+                self.client.count(e.counter)
+            self._error(f"search for {query!r} failed: {e.reason}")
+            return []
         except (AttributeError, TypeError, KeyError):
             self._error(f"search for {query!r}: unexpected response shape")
-        return []
+            return []
+        web = [r for r in results if r.url.startswith(("http://", "https://"))]
+        return web[:count]
 
-    def _candidates(self, results: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    def _candidates(self, results: list[WebResult]) -> list[tuple[str, str, str]]:
         """(text, url, title) passages: the top pages' paragraphs, else the results' snippets."""
         top = results[: self.fetch_pages]
         texts: list[str | None] = []
         if top:
             with ThreadPoolExecutor(max_workers=len(top)) as pool:
-                texts = list(pool.map(self._page_text, [r["url"] for r in top]))
+                texts = list(pool.map(self._page_text, [r.url for r in top]))
         seen: set[str] = set()
         out = []
         for rank, result in enumerate(results):
             text = texts[rank] if rank < len(texts) else None
             # Fall back to the snippet: it is the search engine's own summary of the page.
             paragraphs = split_paragraphs(text) if text else []
-            for para in paragraphs or [result["snippet"].strip()]:
+            for para in paragraphs or [result.snippet.strip()]:
                 if para and para not in seen:
                     seen.add(para)
-                    out.append((para, result["url"], result["name"]))
+                    out.append((para, result.url, result.title))
         return out
 
     def _page_text(self, url: str) -> str | None:
-        """The page's main text, or None when it was skipped or yielded nothing."""
+        """The page's main text, or None when it was refused, failed or yielded nothing."""
         if url in self._failed_pages:
             return None
         try:
-            resp = self.client.get(
+            resp = self.client.fetch_page(
                 url,
                 timeout_s=self.page_timeout_s,
                 max_bytes=self.page_max_bytes,
@@ -263,92 +267,64 @@ class WebSearchSource:
         except HttpError as e:
             self._failed_pages.add(url)
             self.client.count("skipped_pages")  # pages are fetched in threads
+            if e.counter:
+                self.client.count(e.counter)
             log.info("%s: skipped page %s: %s", self.name, url, e.reason)
             return None
         return extract_main_text(resp)
 
     def _error(self, message: str) -> None:
-        self.stats.errors += 1
+        self.client.count("errors")
         log.warning("%s: %s", self.name, message)
 
 
-def extract_main_text(resp: HttpResponse) -> str | None:
-    """The main text of a fetched page (trafilatura for HTML), or None if it finds none."""
-    if resp.content_type == "text/plain":
-        return resp.text().strip() or None
-    import trafilatura  # slow to import; only web search needs it
+def client_from_config(
+    cfg: Any, stats: SourceStats, where: str, allowed_private_hosts: Any = ()
+) -> HttpClient:
+    """An :class:`HttpClient` from a source's config, after checking its HTTP fields.
 
-    try:
-        text = trafilatura.extract(resp.body, url=resp.url, include_comments=False)
-    except Exception as e:  # a malformed page must not end the round
-        log.info("trafilatura failed on %s: %s", resp.url, e)
-        return None
-    return (text or "").strip() or None
+    Args:
+        cfg: a ``SourceConfig`` (or its DictConfig).
+        stats: the source's counters.
+        where: the config path of the source, e.g. ``knowledge.sources[0]``.
+        allowed_private_hosts: ``knowledge.allowed_private_hosts``, for page fetches.
 
-
-def split_paragraphs(text: str) -> list[str]:
-    """Paragraphs of extracted text, with short lines joined to the next."""
-    out, buf = [], ""
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        buf = f"{buf}\n{line}" if buf else line
-        if len(buf) >= _MIN_PASSAGE_CHARS:
-            out.append(buf)
-            buf = ""
-    if buf:
-        out.append(buf)
-    return out
-
-
-# Function words carry no topic; left in, they make any text look related to any query.
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was "
-    "were what when where which who with".split()
-)
-
-
-def _tfidf(texts: list[str]) -> list[dict[str, float]]:
-    """L2-normalised TF-IDF bag-of-words vectors (smoothed IDF over ``texts``)."""
-    bags = [Counter(w for w in re.findall(r"\w+", t.lower()) if w not in _STOPWORDS) for t in texts]
-    df = Counter(word for bag in bags for word in bag)
-    n = len(texts)
-    vecs = []
-    for bag in bags:
-        vec = {w: c * (math.log((1 + n) / (1 + df[w])) + 1.0) for w, c in bag.items()}
-        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        vecs.append({w: v / norm for w, v in vec.items()})
-    return vecs
-
-
-def _cosine(a: dict[str, float], b: dict[str, float]) -> float:
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(v * b.get(w, 0.0) for w, v in a.items())
-
-
-def mmr_select(query: str, texts: list[str], k: int, lam: float) -> list[int]:
-    """Indices of up to ``k`` texts by maximal marginal relevance, best first.
-
-    Each pick maximises ``lam * sim(query, t) - (1 - lam) * max sim(t, picked)``; ties go
-    to the earlier text, so search-engine order breaks them. Texts that share no word with
-    the query come last.
+    Raises:
+        ConfigError: a field is out of range; the message names the key and a fix.
     """
-    if not texts or k <= 0:
-        return []
-    qvec, *vecs = _tfidf([query, *texts])
-    rel = [_cosine(qvec, v) for v in vecs]
-    # Highest similarity of each text to anything picked so far.
-    redundancy = [0.0] * len(texts)
-    picked: list[int] = []
-    remaining = list(range(len(texts)))
-    while remaining and len(picked) < k:
-        # A text with no word of the query would otherwise win over a relevant one that
-        # repeats a pick; take such texts only once the relevant ones run out.
-        best = max(remaining, key=lambda i: (rel[i] > 0, lam * rel[i] - (1 - lam) * redundancy[i]))
-        picked.append(best)
-        remaining.remove(best)
-        for i in remaining:
-            redundancy[i] = max(redundancy[i], _cosine(vecs[i], vecs[best]))
-    return picked
+    checks = [
+        ("timeout_s", cfg.timeout_s > 0, "must be > 0", "10"),
+        ("page_timeout_s", cfg.page_timeout_s > 0, "must be > 0", "10"),
+        ("retries", cfg.retries >= 0, "must be >= 0", "3"),
+        ("backoff_s", cfg.backoff_s >= 0, "must be >= 0", "0.5"),
+        ("max_response_bytes", cfg.max_response_bytes > 0, "must be > 0", "2000000"),
+        ("page_max_bytes", cfg.page_max_bytes > 0, "must be > 0", "1000000"),
+        ("page_max_redirects", cfg.page_max_redirects >= 0, "must be >= 0", "3"),
+        ("rate_limit_per_s", cfg.rate_limit_per_s > 0, "must be > 0", "5"),
+    ]
+    for name, ok, expected, fix in checks:
+        if not ok:
+            key = f"{where}.{name}"
+            raise ConfigError(key, getattr(cfg, name), expected, f"{key}={fix}")
+    try:
+        policy = AddressPolicy.parse(allowed_private_hosts)
+    except ValueError as e:
+        raise ConfigError(
+            "knowledge.allowed_private_hosts",
+            list(allowed_private_hosts),
+            f"must list IPs, CIDRs or host names ({e})",
+            "knowledge.allowed_private_hosts=[127.0.0.1]",
+        ) from None
+    return HttpClient(
+        user_agent=cfg.user_agent,
+        timeout_s=cfg.timeout_s,
+        retries=cfg.retries,
+        backoff_s=cfg.backoff_s,
+        max_bytes=cfg.max_response_bytes,
+        rate_limit_per_s=cfg.rate_limit_per_s,
+        cache_dir=Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(),
+        stats=stats,
+        retry_after_cap_s=cfg.retry_after_cap_s,
+        policy=policy,
+        max_redirects=cfg.page_max_redirects,
+    )

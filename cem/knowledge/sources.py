@@ -3,7 +3,8 @@
 Kinds: ``wiki_offline`` (BM25 over the offline Wikipedia summaries), ``wiki_dense``
 (embeddings of the same summaries, the paper's vector retrieval), ``local_corpus`` (the
 user's files; BM25 or dense) and, from ``cem.knowledge.online``, ``wikipedia_api`` and
-``web_search``. ``MixSource`` combines several with per-source quotas (the paper's Mix).
+``web_search`` (through a provider of ``cem.knowledge.providers``). ``MixSource`` combines
+several with per-source quotas (the paper's Mix).
 """
 
 from __future__ import annotations
@@ -171,8 +172,9 @@ class MixSource:
         """This mix's queries and passages; the error counters summed over its sources."""
         total = SourceStats(queries=self._own.queries, passages=self._own.passages)
         for s in self.sources:
-            for key in ("errors", "retries", "skipped_pages", "cache_hits"):
-                setattr(total, key, getattr(total, key) + getattr(s.stats, key))
+            for key in SourceStats.__dataclass_fields__:
+                if key not in ("queries", "passages"):
+                    setattr(total, key, getattr(total, key) + getattr(s.stats, key))
         return total
 
     def close(self) -> None:
@@ -232,6 +234,7 @@ def build_source(
     count_tokens: CountTokens | None = None,
     passage_tokens: int | None = None,
     index: int = 0,
+    allowed_private_hosts: Sequence[str] = (),
 ) -> KnowledgeSource:
     """Build the source that ``cfg.kind`` names.
 
@@ -241,6 +244,7 @@ def build_source(
         passage_tokens: chunk budget for ``local_corpus`` (default: the
             ``KnowledgeConfig.passage_tokens`` default).
         index: the source's place in ``knowledge.sources``, for error messages.
+        allowed_private_hosts: ``knowledge.allowed_private_hosts``, for ``web_search``.
 
     Raises:
         ConfigError: unknown kind or a bad source setting.
@@ -255,7 +259,10 @@ def build_source(
             module = importlib.import_module("cem.knowledge.online")
         except ImportError as e:
             raise CemError(f"knowledge source {kind!r} is unavailable: {e}") from None
-        return getattr(module, ONLINE_SOURCES[kind])(cfg, index=index)
+        cls = getattr(module, ONLINE_SOURCES[kind])
+        if kind == "web_search":  # the one kind that fetches pages named by its results
+            return cls(cfg, index=index, allowed_private_hosts=allowed_private_hosts)
+        return cls(cfg, index=index)
     allowed = ", ".join([*SOURCES, *ONLINE_SOURCES])
     raise ConfigError(
         f"knowledge.sources[{index}].kind",
@@ -277,7 +284,13 @@ def build_knowledge_source(
             "knowledge=wiki_offline",
         )
     built = [
-        build_source(s, count_tokens=count_tokens, passage_tokens=cfg.passage_tokens, index=i)
+        build_source(
+            s,
+            count_tokens=count_tokens,
+            passage_tokens=cfg.passage_tokens,
+            index=i,
+            allowed_private_hosts=list(cfg.allowed_private_hosts),
+        )
         for i, s in enumerate(cfg.sources)
     ]
     if len(built) == 1:
