@@ -383,6 +383,9 @@ class LoopConfig:
     patience: int | None = 1  # stop after this many rounds without exam gain; null: never
     min_delta: float = 0.0  # an exam accuracy rise must exceed this to count as a gain
     keep_models: KeepModels = KeepModels.last  # finished training's checkpoints always go
+    # Reuse round 0's evaluation and the warm-up of an earlier job with the same inputs
+    # (cem.loop.share: keyed by their job configs, in $CEM_CACHE/shared).
+    share_round0: bool = True
 
 
 @dataclass

@@ -422,3 +422,41 @@ def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch):
     assert (tmp_path / "round_1" / "done" / "retrieve.json").is_file()
     assert not (tmp_path / "round_1" / "done" / "build.json").exists()
     assert (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.e2e
+def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
+    from collections import Counter
+
+    from cem.loop import stages
+
+    monkeypatch.setenv("CEM_SHARE_CACHE", str(tmp_path / "share"))
+    calls: Counter = Counter()
+    for name in ("eval_task", "warmup_build_task", "train_task"):
+        real = getattr(stages, name)
+
+        def counted(cfg, folder, *args, _real=real, _name=name, **kw):
+            calls[(_name, folder.name)] += 1
+            return _real(cfg, folder, *args, **kw)
+
+        monkeypatch.setattr(stages, name, counted)
+    tiny = ("experiment=fast", "seed=0", "loop.rounds=1", "benchmark.limit=4",
+            "loop.warmup.max_steps=1", "train.max_steps=1")  # fmt: skip
+    assert main(["run", "table=ratio", *tiny, f"hydra.sweep.dir={tmp_path / 'ratio'}"]) == 0
+    jobs = find_runs(tmp_path / "ratio")
+    assert len(jobs) == 5  # the five ratios at one seed
+    # Round 0, the warm-up and the warmed-up model's scores once; each job's own round once.
+    assert calls == Counter({("eval_task", "round_0"): 1, ("warmup_build_task", "warmup"): 1,
+                             ("train_task", "warmup"): 1, ("eval_task", "round_1"): 1,
+                             ("train_task", "round_1"): 5, ("eval_task", "round_2"): 5})  # fmt: skip
+    shared = [j for j in jobs if "shared_from" in stages.read_marker(j.path / "round_0", "eval")]
+    assert len(shared) == 4
+    records = {(j.path / "round_1/eval/records.jsonl").read_text() for j in jobs}
+    assert len(records) == 1  # every job starts round 1 from the same scores
+    # A corrupt entry is found by its hash and computed again, with a warning.
+    entry = next((tmp_path / "share").glob("*/eval/records.jsonl"))
+    entry.write_text("{}\n")
+    calls.clear()
+    assert main(["run", *tiny, "loop.rounds=1", f"run_dir={tmp_path / 'again'}"]) == 0
+    assert calls[("eval_task", "round_0")] + calls[("eval_task", "round_1")] == 1
+    assert calls[("train_task", "warmup")] == 0

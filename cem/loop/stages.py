@@ -115,14 +115,19 @@ def model_from(folder: Path) -> dict[str, Any]:
     }
 
 
+def eval_job(cfg: DictConfig, folder: Path, model_dir: Path | None, sets: list[str]) -> DictConfig:
+    """The ``cem eval`` job that scores ``model_dir`` (or the configured model) on ``sets``."""
+    extra: dict[str, Any] = {"eval": {"sets": sets}}
+    if model_dir is not None:
+        extra["model"] = model_from(model_dir)
+    return job_config(EvalJob, cfg, folder, **extra)
+
+
 def eval_task(cfg: DictConfig, folder: Path, model_dir: Path | None, sets: list[str]) -> dict:
     """Score the model (``model_dir``, or the configured one) on ``sets``; write ``folder/eval``."""
     from cem.evaluation.runner import run_eval
 
-    extra: dict[str, Any] = {"eval": {"sets": sets}}
-    if model_dir is not None:
-        extra["model"] = model_from(model_dir)
-    metrics = run_eval(job_config(EvalJob, cfg, folder, **extra), run_dir=folder)
+    metrics = run_eval(eval_job(cfg, folder, model_dir, sets), run_dir=folder)
     return {name: {"acc": m["acc"], "n": m["n"]} for name, m in metrics.items()}
 
 
@@ -159,28 +164,53 @@ def build_task(cfg: DictConfig, folder: Path, round_: int, earlier: list[Path]) 
     return {"rows": stats["rows"], "tokens": stats["tokens"]}
 
 
+def warmup_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What the warm-up reads, and nothing else: Normative pool items only (paradigm
+    cit_only), no replay. Job settings the warm-up ignores (the mixing ratio, the other
+    instruction types, the knowledge source) take fixed values, so that table rows that
+    differ only there share one warm-up (``cem.loop.share``)."""
+    off = {"enabled": False}
+    ins = cfg.instructions
+    return {
+        "instructions": {"name": "warmup", "chat_template": ins.chat_template,
+                         "normative": {**OmegaConf.to_container(ins.normative), "enabled": True},
+                         "extractive": off, "review": off, "general": off},
+        "paradigm": {"name": "cit_only"},
+        "mix": {"name": "warmup", "cit_ratio": 1.0, "count": cfg.mix.count,
+                "max_tokens": cfg.loop.warmup.max_tokens, "seed": cfg.mix.seed},
+        "replay": {"name": "none", "fraction": 0.0, "correct_items": 0, "seed": cfg.replay.seed},
+        "knowledge": {"name": "none", "sources": [], "leak_ngram": cfg.knowledge.leak_ngram},
+    }  # fmt: skip
+
+
+def warmup_build_job(cfg: DictConfig, folder: Path) -> DictConfig:
+    """The ``cem build`` job of the schema warm-up (``warmup_settings``)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    # check_build wants round >= 1; the warm-up's rows are never replayed.
+    job = {"seed": plain["seed"], "round": 1, "model": plain["model"],
+           "benchmark": plain["benchmark"], "protocol": plain["protocol"],
+           "eval": {"mcf_target": plain["eval"]["mcf_target"]}, **warmup_settings(cfg)}  # fmt: skip
+    return OmegaConf.merge(OmegaConf.structured(BuildJob), job, {"run_dir": str(folder)})
+
+
 def warmup_build_task(cfg: DictConfig, folder: Path) -> dict:
     """The schema warm-up's set: Normative pool items only, no CPT text (paradigm cit_only)."""
     from cem.curriculum.build import run_build
 
-    off = {"enabled": False}
-    job = job_config(
-        BuildJob,
-        cfg,
-        folder,
-        # check_build wants round >= 1; the warm-up's rows are never replayed.
-        round=1,
-        instructions={"normative": {"enabled": True}, "extractive": off, "review": off,
-                      "general": off},
-        paradigm={"name": "cit_only"},
-        replay={"fraction": 0.0, "correct_items": 0},
-        mix={"max_tokens": cfg.loop.warmup.max_tokens},
-    )  # fmt: skip
-    stats = run_build(job, earlier_rounds=[], run_dir=folder)
+    stats = run_build(warmup_build_job(cfg, folder), earlier_rounds=[], run_dir=folder)
     return {"rows": stats["rows"], "tokens": stats["tokens"]}
 
 
-def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int]) -> dict:
+def train_job(cfg: DictConfig, folder: Path, steps: dict[str, int],
+              warmup: bool = False) -> DictConfig:  # fmt: skip
+    """The ``cem train`` job of a round (or of the warm-up, with its instruction settings),
+    for ``steps``."""
+    extra = {"instructions": warmup_settings(cfg)["instructions"]} if warmup else {}
+    return job_config(TrainJob, cfg, folder, train=steps, **extra)
+
+
+def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int],
+               warmup: bool = False) -> dict:  # fmt: skip
     """Train from ``base`` (a saved model folder, or the configured model) into ``folder/model``,
     for ``steps`` (``{"max_steps", "epochs"}``: the round's, or the warm-up's).
 
@@ -193,8 +223,7 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
         link = folder / "model_in"
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
-    job = job_config(TrainJob, cfg, folder, train=steps)
-    m = train_round(job, folder, base)
+    m = train_round(train_job(cfg, folder, steps, warmup), folder, base)
     keys = (
         "steps",
         "loss_first",
