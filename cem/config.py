@@ -151,6 +151,7 @@ class KnowledgeConfig:
     # random (random corpus passages with the token count CEM's retrieval kept; a baseline)
     # or full (every passage of the corpus; the full-corpus CPT baseline).
     passages: str = "mistakes"
+    corpus_fraction: float = 1.0  # passages=full: a seeded random share of the corpus documents
     extractor: str = "rule"  # rule | llm: how mistakes become search queries
     extractor_model: str | None = None  # llm extractor: local folder or hub id of an instruct model
     extractor_max_new_tokens: int = 64
