@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import II, MISSING, DictConfig
 
 
 @dataclass
@@ -300,11 +300,10 @@ class TrainConfig:
     pack: bool = (
         True  # pack examples into sequences without cross-attention; false: pad with length buckets
     )
-    loss_weights: dict[str, float] = field(
-        default_factory=lambda: {"cpt": 1.0}
-    )  # per kind; CIT kinds default to their instruction type's loss_weight
+    # Per kind; the CIT kinds left out take their instruction type's loss_weight.
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"cpt": 1.0, "replay": 1.0})
     checkpoint_every_n_steps: int = 50
-    seed: int = 0
+    seed: int = II("seed")  # the job's seed
 
 
 @dataclass
