@@ -397,7 +397,10 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled; $WANDB_MODE wins when set
     project: str = "cem"
     entity: str | None = None
-    group: str | None = None  # null: the run folder's name
+    group: str | None = None  # null: the run folder's name; a table sets its name
+    # null: the job's overrides without the seed, so W&B groups a table's jobs into the rows
+    # of `cem report`; a run with no overrides is "cem-run". Cut to 64 characters (W&B's limit).
+    job_type: str | None = None
     tags: list[str] = field(default_factory=list)  # the protocol is always added
     mistakes_rows: int = 500  # rows of each round's mistakes table (0: no table)
 

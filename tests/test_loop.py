@@ -324,7 +324,7 @@ def test_a_run_continues_only_with_its_own_config(fast_run):
 
 @pytest.mark.e2e
 def test_wandb_logger_in_disabled_mode(fast_run, monkeypatch):
-    from cem.loop.logging import RunLogger
+    from cem.loop.mirror import RunLogger
 
     root, summary = fast_run
     monkeypatch.setenv("WANDB_MODE", "disabled")

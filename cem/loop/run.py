@@ -24,6 +24,7 @@ round's retrieval leaves no passage to train on.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,6 +35,9 @@ from cem.loop import share, stages
 from cem.loop.summary import report, write_summary
 from cem.ui import console
 from cem.validate import RUN_CHECKS, ConfigInvalid
+
+if TYPE_CHECKING:  # the mirror imports lightning: only once the loop starts
+    from cem.loop.mirror import RunLogger
 
 CONFIG = "config.yaml"
 # Keys that may change between a run and its continuation: they do not alter any result.
@@ -133,7 +137,7 @@ def stop_reason(cfg: DictConfig, k: int, exam_accs: list[float], records: list[d
     return None
 
 
-def warm_up(cfg: DictConfig, root: Path) -> tuple[Path, str]:
+def warm_up(cfg: DictConfig, root: Path, logger: RunLogger) -> tuple[Path, str]:
     """The schema warm-up: build the Normative-only set and train M0 on it; its model folder
     and the key its training is shared under (``cem.loop.share``)."""
     folder, on = root / "warmup", cfg.loop.share_round0
@@ -143,12 +147,15 @@ def warm_up(cfg: DictConfig, root: Path) -> tuple[Path, str]:
     w = cfg.loop.warmup
     steps = {"max_steps": w.max_steps, "epochs": w.epochs}
     trained = share.stage_key("train", stages.train_job(cfg, folder, steps, True), [built])
-    share.run_shared(on, folder, "train", ["model", "train"], trained,
-                     lambda: stages.train_task(cfg, folder, None, steps, warmup=True))  # fmt: skip
+    loggers = logger.step_loggers(folder)
+    # train_logs too: a job that reuses the warm-up replays its steps into W&B from them.
+    share.run_shared(on, folder, "train", ["model", "train", "train_logs"], trained,
+                     lambda: stages.train_task(cfg, folder, None, steps, True, loggers))  # fmt: skip
     return folder / "model", trained
 
 
-def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path | None:
+def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None,
+              logger: RunLogger) -> Path | None:  # fmt: skip
     """Retrieve, build and train round ``k`` (its eval is done); the new model's folder, or
     None when the round has no CPT text for a paradigm that needs it (the loop stops)."""
     from cem.curriculum.mixing import NoCptText
@@ -162,7 +169,8 @@ def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path | 
         console.print(f"[bold]cem run[/] round {k} has no CPT text left: {e}")
         return None
     steps = {"max_steps": cfg.train.max_steps, "epochs": cfg.train.epochs}
-    stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, base, steps))
+    train = lambda: stages.train_task(cfg, folder, base, steps, logger.step_loggers(folder))  # noqa: E731
+    stages.run_stage(folder, "train", train)
     return folder / "model"
 
 
@@ -195,7 +203,7 @@ def run_loop(cfg: DictConfig) -> dict:
     problems = check_run(cfg)
     if problems:
         raise ConfigInvalid(problems)
-    from cem.loop.logging import RunLogger
+    from cem.loop.mirror import RunLogger
 
     root = resolve_run_dir(cfg)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -206,7 +214,7 @@ def run_loop(cfg: DictConfig) -> dict:
     logger = RunLogger(cfg, root)
     try:
         evaluate_round(cfg, root, 0, None, sets, shared=[])
-        base, warm_key = warm_up(cfg, root) if cfg.loop.warmup.enabled else (None, None)
+        base, warm_key = warm_up(cfg, root, logger) if cfg.loop.warmup.enabled else (None, None)
         if warm_key is not None:
             evaluate_round(cfg, root, 1, base, sets, shared=[warm_key])
         reason = _rounds(cfg, root, base, sets, logger)
@@ -219,7 +227,8 @@ def run_loop(cfg: DictConfig) -> dict:
     return summary
 
 
-def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], logger) -> str:
+def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str],
+            logger: RunLogger) -> str:  # fmt: skip
     """Rounds 1, 2, ... until a stop reason, which is returned."""
     from cem.loop import diagnostics
 
@@ -240,7 +249,7 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], log
                    "patience": f"no exam gain for {cfg.loop.patience} round(s)"}[reason]  # fmt: skip
             console.print(f"[bold]cem run[/] stops before round {k}: {why}")
             return reason
-        trained = run_round(cfg, root, k, base)
+        trained = run_round(cfg, root, k, base, logger)
         stages.prune(root, cfg.loop.keep_models)
         if trained is None:
             logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl", None)

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,9 +210,10 @@ def train_job(cfg: DictConfig, folder: Path, steps: dict[str, int],
 
 
 def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int],
-               warmup: bool = False) -> dict:  # fmt: skip
+               warmup: bool = False, loggers: Sequence = ()) -> dict:  # fmt: skip
     """Train from ``base`` (a saved model folder, or the configured model) into ``folder/model``,
-    for ``steps`` (``{"max_steps", "epochs"}``: the round's, or the warm-up's).
+    for ``steps`` (``{"max_steps", "epochs"}``: the round's, or the warm-up's), with ``loggers``
+    beside the CSV log (the loop's W&B step mirror).
 
     A ``model_in`` link to ``base`` is left in ``folder``, so that ``cem train
     run_dir=<folder>`` re-runs this stage alone.
@@ -223,7 +224,7 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
         link = folder / "model_in"
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
-    m = train_round(train_job(cfg, folder, steps, warmup), folder, base)
+    m = train_round(train_job(cfg, folder, steps, warmup), folder, base, loggers)
     keys = (
         "steps",
         "loss_first",
