@@ -42,6 +42,7 @@ USAGE = """usage: cem <command> [key=value ...]
 commands:
 {commands}
   report     a sweep's runs as one table: cem report multirun/<table> (cem report --help)
+  inspect    one run's exam mistakes on one page: cem inspect RUN_DIR -> RUN_DIR/inspect.html
   assets     fetch, list or verify the offline assets (cem assets --help)
 
 Hydra options work after the command: `cem eval --cfg job` prints the composed config,
@@ -117,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             from cem.loop.report import main as report_main
 
             return report_main(rest)
+        if command == "inspect":
+            from cem.loop.inspector import main as inspect_main
+
+            return inspect_main(rest)
         if command not in HYDRA_COMMANDS:
-            known = ", ".join([*HYDRA_COMMANDS, "report", "assets"])
+            known = ", ".join([*HYDRA_COMMANDS, "report", "inspect", "assets"])
             raise CemError(
                 f"unknown command {command!r}; known commands: {known} (try `cem --help`)"
             )

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cem.io import atomic_open, read_jsonl
-from cem.loop.stages import read_marker
+from cem.loop.stages import read_marker, round_folders
 from cem.ui import console
 
 CSV = "metrics.csv"
@@ -114,8 +114,7 @@ def fix_rate_metrics(diagnostics: dict) -> dict[str, float]:
 
 def trainings(root: Path) -> list[Path]:
     """The run's training folders in the order they train: the warm-up, then each round."""
-    rounds = [p for p in root.glob("round_*") if p.name[6:].isdigit()]
-    return [root / "warmup", *sorted(rounds, key=lambda p: int(p.name[6:]))]
+    return [root / "warmup", *(p for p in round_folders(root) if p.name != "round_0")]
 
 
 def round_x(folder: Path) -> float:

@@ -40,9 +40,7 @@ def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
     keep = KeepModels(keep)
     if keep == KeepModels.all:
         return []
-    rounds = sorted((p for p in root.glob("round_*") if p.name[6:].isdigit()),
-                    key=lambda p: int(p.name[6:]))  # fmt: skip
-    trained = [f for f in (root / "warmup", *rounds) if read_marker(f, "train")]
+    trained = [f for f in (root / "warmup", *round_folders(root)) if read_marker(f, "train")]
     doomed = [f / "checkpoints" for f in trained] + [f / "model" for f in trained[:-1]]
     if keep == KeepModels.none and final and trained:
         doomed.append(trained[-1] / "model")
@@ -50,6 +48,12 @@ def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
     for path in gone:
         shutil.rmtree(path)
     return gone
+
+
+def round_folders(root: Path) -> list[Path]:
+    """The run's ``round_<k>`` folders, in the order of k."""
+    rounds = [p for p in root.glob("round_*") if p.name[6:].isdigit()]
+    return sorted(rounds, key=lambda p: int(p.name[6:]))
 
 
 def marker(folder: Path, stage: str) -> Path:
