@@ -15,6 +15,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig
 
+# Config keys that change no result (where a job writes, what it shows or keeps, W&B):
+# the one list. A continued run may change them (cem.loop.run), cem report does not tell
+# rows apart by them, finished runs are reused across them (cem.loop.share), and the
+# tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
+RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "trainer.enable_progress_bar",
+                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs")  # fmt: skip
+
 
 @dataclass
 class ModelConfig:
@@ -386,6 +393,9 @@ class LoopConfig:
     # Reuse round 0's evaluation and the warm-up of an earlier job with the same inputs
     # (cem.loop.share: keyed by their job configs, in $CEM_CACHE/shared).
     share_round0: bool = True
+    # Reuse a finished run whose config (but RESULT_NEUTRAL keys) and code are the same: its
+    # files are hard-linked in (cem.loop.share), e.g. the default row shared by the tables.
+    reuse_runs: bool = True
 
 
 @dataclass

@@ -461,3 +461,14 @@ def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
     assert main(["run", *tiny, "loop.rounds=1", f"run_dir={tmp_path / 'again'}"]) == 0
     assert calls[("eval_task", "round_0")] + calls[("eval_task", "round_1")] == 1
     assert calls[("train_task", "warmup")] == 0
+
+
+def test_tables_leave_out_exactly_the_result_neutral_keys():
+    from cem.config import RESULT_NEUTRAL
+    from cem.loop.report import IGNORED
+    from cem.loop.run import MAY_CHANGE
+
+    base = OmegaConf.load(conf_dir() / "table" / "_base.yaml")
+    excluded = list(base.hydra.job.config.override_dirname.exclude_keys)
+    assert excluded == ["table", *RESULT_NEUTRAL]
+    assert set(RESULT_NEUTRAL) <= set(IGNORED) and set(RESULT_NEUTRAL) <= set(MAY_CHANGE)

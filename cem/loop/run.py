@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from cem.config import resolve_run_dir
+from cem.config import RESULT_NEUTRAL, resolve_run_dir
 from cem.errors import CemError
 from cem.io import atomic_open, read_jsonl
 from cem.loop import share, stages
@@ -40,10 +40,9 @@ if TYPE_CHECKING:  # the mirror imports lightning: only once the loop starts
     from cem.loop.mirror import RunLogger
 
 CONFIG = "config.yaml"
-# Keys that may change between a run and its continuation: they do not alter any result.
-MAY_CHANGE = ("run_dir", "loop.rounds", "loop.patience", "loop.min_delta", "loop.keep_models",
-              "loop.share_round0", "logger", "eval.progress",
-              "trainer.enable_progress_bar")  # fmt: skip
+# Keys that may change between a run and its continuation: they alter no result so far
+# (a continuation may go on for more rounds, or stop at another patience).
+MAY_CHANGE = (*RESULT_NEUTRAL, "loop.rounds", "loop.patience", "loop.min_delta")
 
 
 def check_run(cfg: DictConfig) -> list[str]:
@@ -211,6 +210,8 @@ def run_loop(cfg: DictConfig) -> dict:
     sets = loop_sets(cfg)
     console.print(f"[bold]cem run[/] {cfg.model.name} on {cfg.benchmark.name}, "
                   f"{cfg.loop.rounds} rounds, protocol {cfg.protocol.name}: {root}")  # fmt: skip
+    if cfg.loop.reuse_runs:
+        share.reuse_run(root, cfg)
     logger = RunLogger(cfg, root)
     try:
         evaluate_round(cfg, root, 0, None, sets, shared=[])
@@ -220,6 +221,7 @@ def run_loop(cfg: DictConfig) -> dict:
         reason = _rounds(cfg, root, base, sets, logger)
         stages.prune(root, cfg.loop.keep_models, final=True)
         summary = write_summary(root, cfg, reason, plot=True)
+        share.register_run(root, cfg)
         logger.update(summary, final=True)
     finally:
         logger.finish()

@@ -170,3 +170,57 @@ def run_shared(enabled: bool, folder: Path, stage: str, outputs: list[str], key:
         info = stages.run_stage(folder, stage, task)
         publish(folder, stage, outputs, key)
         return info
+
+
+# --- whole runs ------------------------------------------------------------------------------
+
+# What a reused run does not take from the finished one: its own Hydra files, W&B, logs,
+# locks and the results the loop rewrites at its end.
+NOT_REUSED = (".hydra", "wandb", "config.yaml", "summary.json", "summary.png", "metrics.csv",
+              "report.md", "report.csv", "report.png", "inspect.html")  # fmt: skip
+
+
+def run_key(cfg: DictConfig) -> str:
+    """A run's key: its resolved config without the result-neutral keys, and the code."""
+    from cem.config import RESULT_NEUTRAL
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in RESULT_NEUTRAL:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps({"run": plain, "code": code_fingerprint()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _registry(key: str) -> Path:
+    return cache_dir() / "runs" / f"{key}.json"
+
+
+def register_run(root: Path, cfg: DictConfig) -> None:
+    """Record a finished run under its key, for ``reuse_run``."""
+    write_json(_registry(run_key(cfg)), {"path": str(root.resolve())})
+
+
+def reuse_run(root: Path, cfg: DictConfig) -> Path | None:
+    """Hard-link a finished run with the same key into the empty run folder ``root``; the
+    finished run's folder, or None when there is none (or ``root`` has begun a run)."""
+    entry = _registry(run_key(cfg))
+    if stages.read_marker(root / "round_0", "eval") is not None or not entry.is_file():
+        return None
+    src = Path(read_json(entry)["path"])
+    summary = src / "summary.json"
+    if src == root.resolve() or not summary.is_file() or not read_json(summary).get("stopped"):
+        return None
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if rel.parts[0] in NOT_REUSED or path.suffix in (".lock", ".log") or not path.is_file():
+            continue
+        dst = root / rel
+        if not dst.exists():
+            _place(path, dst)
+    console.print(f"[bold]cem run[/] the same run has finished in {src}: its stages are reused")
+    return src
