@@ -20,7 +20,8 @@ from omegaconf import II, MISSING, DictConfig
 # rows apart by them, finished runs are reused across them (cem.loop.share), and the
 # tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
 RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "trainer.enable_progress_bar",
-                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs")  # fmt: skip
+                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs",
+                  "loop.baseline")  # fmt: skip
 
 
 @dataclass
