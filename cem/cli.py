@@ -12,7 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cem import signals
 from cem.errors import CemError
+from cem.io import storage_message
 
 # command -> (module:function taking the composed config, one-line help)
 HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,6 +70,28 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def stopped(e: signals.Interrupted) -> str:
+    """ "stopped by SIGTERM; training resumes from step 2 (D/checkpoints/last.ckpt)"."""
+    return f"stopped by {e.name}" + (f"; {e.detail}" if e.detail else "")
+
+
+def resume_hint(command: str, overrides: list[str], cfg: DictConfig) -> str:
+    """The command that continues this one: the same overrides, pinned to its run_dir.
+
+    A sweep is continued by its own command line (each job has its own folder).
+    """
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"Run the same command again to continue: {shlex.join(['cem', command, *overrides])}"
+    rest = [o for o in overrides if not o.lstrip("+~").startswith("run_dir=")]
+    run_dir = Path(cfg.run_dir).resolve()
+    return f"Resume with: {shlex.join(['cem', command, f'run_dir={run_dir}', *rest])}"
+
+
 def run_hydra(command: str, overrides: list[str]) -> None:
     """Compose ``conf/<command>.yaml`` with the overrides and run the command's task.
 
@@ -91,6 +115,16 @@ def run_hydra(command: str, overrides: list[str]) -> None:
         except CemError as e:
             print(f"cem {command}: error: {e}", file=sys.stderr)
             sys.exit(2)
+        except OSError as e:  # a write outside cem.io (a logger, a library's cache)
+            msg = storage_message(e, e.filename or cfg.run_dir)
+            if msg is None:
+                raise
+            print(f"cem {command}: error: {msg}", file=sys.stderr)
+            sys.exit(2)
+        except signals.Interrupted as e:
+            print(f"cem {command}: {stopped(e)}. {resume_hint(command, overrides, cfg)}",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(e.exit_code)
         finally:
             _finish_wandb()
 
@@ -108,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(commands=commands))
         return 0
     command, rest = argv[0], argv[1:]
+    signals.install()
     try:
         if command == "assets":
             from cem.assets.cli import main as assets_main
@@ -126,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     except CemError as e:
         print(f"cem: error: {e}", file=sys.stderr)
         return 2
+    except signals.Interrupted as e:  # before or after a command's own handling
+        print(f"cem {command}: {stopped(e)}; run the same command again to continue",
+              file=sys.stderr)  # fmt: skip
+        return e.exit_code
     return 0
 
 

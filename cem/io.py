@@ -1,14 +1,28 @@
-"""Atomic file output: every stage writes to a temp file in the same folder, then renames."""
+"""Atomic file output: every stage writes to a temp file in the same folder, then renames.
+
+A write is never cut short by SIGTERM or SIGINT (``cem.signals.deferred``), and a full disk
+or an unwritable path is one ``StorageError`` naming the path, with nothing half-written.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from cem import signals
+from cem.errors import StorageError
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+# Temp files and folders of atomic writes (``.<name>.<random>.tmp``) and of model swaps.
+STALE_PATTERNS = (".*.tmp", ".*.old.*")
 
 
 @contextlib.contextmanager
@@ -21,20 +35,114 @@ def atomic_open(
     temp file's private 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
-    kwargs = {} if "b" in mode else {"encoding": encoding}
+    with signals.deferred(), storage_errors(path):
+        ensure_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+        kwargs = {} if "b" in mode else {"encoding": encoding}
+        try:
+            with os.fdopen(fd, mode, **kwargs) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def storage_message(e: OSError, path: str | os.PathLike, needed: int | None = None) -> str | None:
+    """One line for a full disk or an unwritable path (None for any other OSError)."""
+    code = e.errno
+    if code is None and "No space left on device" in str(e):  # pyarrow drops the errno
+        code = errno.ENOSPC
+    if code in NO_SPACE:
+        free = _free_bytes(Path(path))
+        need = f"{_size(needed)} needed, " if needed else ""
+        room = f" ({need}{_size(free)} free there)" if free is not None else ""
+        return (f"cannot write {path}: no space left on device{room}; free some space or "
+                "write elsewhere (run_dir=<a larger disk>)")  # fmt: skip
+    if code in NO_ACCESS:
+        what = "read-only file system" if code == errno.EROFS else "permission denied"
+        return (f"cannot write {e.filename or path}: {what}; make it writable or write "
+                "elsewhere (run_dir=<a writable folder>)")  # fmt: skip
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk or a permission error while writing ``path`` into a StorageError."""
     try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        yield
+    except OSError as e:
+        msg = storage_message(e, path, needed)
+        if msg is None:
+            raise
+        raise StorageError(msg) from None
+
+
+def ensure_dir(path: str | os.PathLike, key: str | None = None) -> Path:
+    """``mkdir -p path``; a regular file in the way is a StorageError saying what to do.
+
+    Args:
+        key: the config key or variable that chose ``path``, named in the fix.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        fix = f" or set {key} to another folder" if key else ""
+        raise StorageError(
+            f"{blocker} is a file, not a folder, and {path} must be a folder; move the file "
+            f"away (mv {blocker} {blocker}.bak){fix}"
+        ) from None
+    return path
+
+
+def remove_stale(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files and folders that a killed write left under ``folder``."""
+    gone = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            if any(Path(name).match(p) for p in STALE_PATTERNS):
+                path = Path(dirpath) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                    dirnames.remove(name)
+                else:
+                    path.unlink(missing_ok=True)
+                gone.append(path)
+    return gone
+
+
+def public_perms(path: str | os.PathLike) -> None:
+    """Give a folder tree written through ``mkdtemp`` (0700) the umask's permissions."""
+    mask = _umask()
+    for dirpath, _, filenames in os.walk(path):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+
+
+def _free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None
+
+
+def _size(n: float) -> str:
+    """``1536`` -> ``"1.5 KB"``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def _umask() -> int:

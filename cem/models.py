@@ -119,21 +119,29 @@ def save_model(
     """Write safetensors weights, config and tokenizer to ``out_dir`` atomically.
 
     Everything is written to a temp folder beside ``out_dir`` and renamed into place, so
-    ``out_dir`` never holds a half-written model; an existing ``out_dir`` is replaced.
+    ``out_dir`` never holds a half-written model; an existing ``out_dir`` is replaced. The
+    folder and its files get the umask's permissions, like every other output. A signal
+    waits until the model is in place; a full disk is a StorageError with the size needed.
     """
+    from cem import signals
+    from cem.io import ensure_dir, public_perms, storage_errors
+
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = out.with_name(f".{out.name}.old.{os.getpid()}")
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    needed = sum(p.numel() * p.element_size() for p in model.parameters())
+    with signals.deferred(), storage_errors(out, needed):
+        ensure_dir(out.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            public_perms(tmp)
+            if out.exists():
+                os.replace(out, old)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
