@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -182,6 +183,15 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file; a bad line raises DataError naming the file and line."""
     return [row for _, row in iter_jsonl(path)]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The file's sha256, read 1 MB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cem import signals
 from cem.io import atomic_open, storage_errors
-from cem.ui import console
+from cem.ui import warn
 
 log = logging.getLogger(__name__)
 # Lightning logs "Received SIGTERM" itself; the CLI prints the one line that matters.
@@ -72,8 +72,10 @@ def usable_checkpoint(path: Path) -> Path | None:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     os.replace(path, aside)
-    console.print(f"[yellow]warning:[/] {path} is not a whole checkpoint ({reason}); moved it "
-                  f"to {aside.name} and training starts from the beginning of the stage")  # fmt: skip
+    warn(
+        f"{path} is not a whole checkpoint ({reason}); moved it to {aside.name} and "
+        "training starts from the beginning of the stage"
+    )
     return None
 
 
