@@ -99,8 +99,8 @@ def test_cem_verify_names_the_bad_file(tmp_path, capsys):
 def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_over(
     tmp_path,
     capsys,
-    uninterrupted,
-    damage,  # noqa: F811 - test_training's fixture
+    uninterrupted,  # noqa: F811 - test_training's fixture
+    damage,
 ):
     ref_dir, ref = uninterrupted
     write_set(tmp_path, small_set())
