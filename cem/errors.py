@@ -40,3 +40,7 @@ class ModelError(CemError):
 
 class StorageError(CemError):
     """A file could not be written: the disk is full, or the path is not writable."""
+
+
+class RunLocked(CemError):
+    """Another process is writing to the same run folder."""

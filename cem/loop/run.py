@@ -175,15 +175,26 @@ def run_loop(cfg: DictConfig) -> dict:
 
     Raises:
         ConfigInvalid: any config problem, all listed, before any compute.
+        RunLocked: another process is writing to the run folder.
         CemError: the run folder holds a run with another config, or a stage failed.
     """
     problems = check_run(cfg)
     if problems:
         raise ConfigInvalid(problems)
-    from cem.loop.logging import RunLogger
+    from cem.loop.lock import run_lock
 
     root = resolve_run_dir(cfg)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with run_lock(root):  # one writer per run folder
+        summary = _loop(cfg, root)
+    report(summary)
+    return summary
+
+
+def _loop(cfg: DictConfig, root: Path) -> dict:
+    """``run_loop`` on the locked run folder ``root``: every stage not done yet."""
+    from cem.loop.logging import RunLogger
+
     guard_config(root, cfg)
     sets = loop_sets(cfg)
     console.print(f"[bold]cem run[/] {cfg.model.name} on {cfg.benchmark.name}, "
@@ -198,7 +209,6 @@ def run_loop(cfg: DictConfig) -> dict:
         logger.update(summary, final=True)
     finally:
         logger.finish()
-    report(summary)
     return summary
 
 
