@@ -6,6 +6,7 @@ Hydra commands compose ``conf/<command>.yaml``; ``cem assets`` is a plain argpar
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from cem import signals
 from cem.errors import CemError
-from cem.io import storage_message
+from cem.io import check_writable, storage_message
 
 # command -> (module:function taking the composed config, one-line help)
 HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -71,6 +72,13 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def _contexts(e: BaseException):
+    """The exceptions that ``e`` was raised while handling, innermost last."""
+    while e.__context__ is not None:
+        e = e.__context__
+        yield e
+
+
 def stopped(e: signals.Interrupted) -> str:
     """ "stopped by SIGTERM; training resumes from step 2 (D/checkpoints/last.ckpt)"."""
     return f"stopped by {e.name}" + (f"; {e.detail}" if e.detail else "")
@@ -116,11 +124,13 @@ def run_hydra(command: str, overrides: list[str]) -> None:
         except CemError as e:
             print(f"cem {command}: error: {e}", file=sys.stderr)
             sys.exit(2)
-        except OSError as e:  # a write outside cem.io (a logger, a library's cache)
-            msg = storage_message(e, e.filename or cfg.run_dir)
+        except Exception as e:  # a full disk under a write outside cem.io (a logger, a cache)
+            msg = storage_message(e, getattr(e, "filename", None) or cfg.run_dir)
             if msg is None:
                 raise
-            print(f"cem {command}: error: {msg}", file=sys.stderr)
+            # A logger that fails to flush while training stops hides the error that stopped it.
+            first = next((c for c in _contexts(e) if isinstance(c, CemError)), None)
+            print(f"cem {command}: error: {first or msg}", file=sys.stderr)
             sys.exit(2)
         except signals.Interrupted as e:
             print(f"cem {command}: {stopped(e)}. {resume_hint(command, overrides, cfg)}",
@@ -129,6 +139,11 @@ def run_hydra(command: str, overrides: list[str]) -> None:
         finally:
             _finish_wandb()
 
+    # Hydra makes the output folder before the task runs, and a failure there is a traceback.
+    for o in overrides:
+        key, _, value = o.lstrip("+").partition("=")
+        if key in ("run_dir", "hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            check_writable(value, f"set {key}=<another folder>")
     parser = get_args_parser()
     parser.prog = f"cem {command}"
     args = parser.parse_args(overrides)
@@ -144,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     signals.install()
+    # On a full disk every log line's write fails too; the write that matters says so once.
+    logging.raiseExceptions = False
     try:
         if command == "assets":
             from cem.assets.cli import main as assets_main

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -28,15 +29,18 @@ STALE_PATTERNS = (".*.tmp", ".*.old.*")
 
 @contextlib.contextmanager
 def atomic_open(
-    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"
+    path: str | os.PathLike,
+    mode: str = "w",
+    encoding: str | None = "utf-8",
+    needed: int | None = None,
 ) -> Iterator[IO]:
     """Open a temp file beside ``path``; on success rename it over ``path``, on error delete it.
 
     The file gets the permissions a plain ``open`` would give (0666 less the umask), not the
-    temp file's private 0600.
+    temp file's private 0600. ``needed`` (bytes, where known) goes into a full disk's message.
     """
     path = Path(path)
-    with signals.deferred(), storage_errors(path):
+    with signals.deferred(), storage_errors(path, needed):
         ensure_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())
@@ -53,20 +57,36 @@ def atomic_open(
             raise
 
 
-def storage_message(e: OSError, path: str | os.PathLike, needed: int | None = None) -> str | None:
-    """One line for a full disk or an unwritable path (None for any other OSError)."""
-    code = e.errno
-    if code is None and "No space left on device" in str(e):  # pyarrow drops the errno
-        code = errno.ENOSPC
+def error_code(e: BaseException) -> int | None:
+    """The errno behind ``e``: an OSError's own, or one that a library (safetensors, pyarrow)
+    only left in its message."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno
+    text = str(e)
+    if found := re.search(r"os error (\d+)|\[Errno (\d+)\]|errno (\d+)", text):
+        return int(next(g for g in found.groups() if g))
+    return errno.ENOSPC if "No space left on device" in text else None
+
+
+def storage_message(
+    e: BaseException, path: str | os.PathLike, needed: int | None = None, free: int | None = None
+) -> str | None:
+    """One line for a full disk or an unwritable path (None for any other error).
+
+    Args:
+        needed: bytes the write needs at least, where known.
+        free: bytes free before the write began; None: measured now.
+    """
+    code = error_code(e)
     if code in NO_SPACE:
-        free = _free_bytes(Path(path))
-        need = f"{_size(needed)} needed, " if needed else ""
-        room = f" ({need}{_size(free)} free there)" if free is not None else ""
+        free = _free_bytes(Path(path)) if free is None else free
+        need = f"needs at least {_size(needed)}, " if needed else ""
+        room = f" ({need}{_size(free)} were free)" if free is not None else ""
         return (f"cannot write {path}: no space left on device{room}; free some space or "
                 "write elsewhere (run_dir=<a larger disk>)")  # fmt: skip
     if code in NO_ACCESS:
         what = "read-only file system" if code == errno.EROFS else "permission denied"
-        return (f"cannot write {e.filename or path}: {what}; make it writable or write "
+        return (f"cannot write {path}: {what}; make it writable or write "
                 "elsewhere (run_dir=<a writable folder>)")  # fmt: skip
     return None
 
@@ -74,32 +94,42 @@ def storage_message(e: OSError, path: str | os.PathLike, needed: int | None = No
 @contextlib.contextmanager
 def storage_errors(path: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
     """Turn a full disk or a permission error while writing ``path`` into a StorageError."""
+    free = _free_bytes(Path(path))
     try:
         yield
-    except OSError as e:
-        msg = storage_message(e, path, needed)
+    except Exception as e:
+        msg = storage_message(e, path, needed, free)
         if msg is None:
             raise
         raise StorageError(msg) from None
 
 
-def ensure_dir(path: str | os.PathLike, key: str | None = None) -> Path:
+def ensure_dir(path: str | os.PathLike, other: str | None = None) -> Path:
     """``mkdir -p path``; a regular file in the way is a StorageError saying what to do.
 
     Args:
-        key: the config key or variable that chose ``path``, named in the fix.
+        other: how to choose another folder instead, e.g. ``"set run_dir=<folder>"``.
     """
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
-        fix = f" or set {key} to another folder" if key else ""
-        raise StorageError(
-            f"{blocker} is a file, not a folder, and {path} must be a folder; move the file "
-            f"away (mv {blocker} {blocker}.bak){fix}"
-        ) from None
+        check_writable(path, other)
+        raise
     return path
+
+
+def check_writable(path: str | os.PathLike, other: str | None = None) -> None:
+    """StorageError unless ``path`` is, or can be made, a writable folder (nothing created)."""
+    path = Path(path).expanduser().absolute()
+    first = next(p for p in (path, *path.parents) if p.exists())
+    if not first.is_dir():
+        what = "is a file" if first == path else f"cannot be: {first} is a file"
+        raise StorageError(f"{path} must be a folder but {what}; move the file away "
+                           f"(mv {first} {first}.bak)" + (f" or {other}" if other else ""))  # fmt: skip
+    if not os.access(first, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write {path}: {first} is not writable; make it writable"
+                           + (f" or {other}" if other else ""))  # fmt: skip
 
 
 def remove_stale(folder: str | os.PathLike) -> list[Path]:

@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 from cem.assets.registry import ASSETS, AssetSpec, get_spec
 from cem.errors import AssetError
-from cem.io import atomic_open, sha256_file
+from cem.io import atomic_open, ensure_dir, sha256_file
 
 MARKER = ".cem-asset.json"
 PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")
@@ -377,7 +377,7 @@ def _no_space(spec: AssetSpec, root: Path) -> AssetError:
 
 def _mkdir(path: Path) -> Path:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path, "point CEM_CACHE at another folder")
     except PermissionError:
         raise AssetError(
             f"cannot write the asset cache at {path}: permission denied; point CEM_CACHE at "

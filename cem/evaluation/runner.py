@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.registry import load_benchmark, select_sets
 from cem.config import resolve_run_dir
-from cem.io import write_json, write_jsonl
+from cem.io import remove_stale, write_json, write_jsonl
 from cem.ui import console, metrics_table
 from cem.validate import EVAL_CHECKS, validate
 
@@ -35,6 +35,7 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     from cem.models import load_model
 
     out = (run_dir or resolve_run_dir(cfg)) / "eval"
+    remove_stale(out)  # temp files of a write that a kill cut short
     sets = select_sets(
         load_benchmark(cfg.benchmark),
         OmegaConf.to_object(cfg.eval.sets) if cfg.eval.sets is not None else None,

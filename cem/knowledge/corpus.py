@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cem.errors import DataError
-from cem.io import sha256_file
+from cem.io import ensure_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +290,12 @@ def corpus_hash(texts: Iterable[str]) -> str:
 
 
 def index_root(index_dir: str | None) -> Path:
-    """``index_dir``, or ``$CEM_CACHE/indexes`` (``$CEM_CACHE`` defaults to ``~/.cache/cem``)."""
+    """``index_dir``, or ``$CEM_CACHE/indexes`` (``$CEM_CACHE`` defaults to ``~/.cache/cem``),
+    created; a file in its place is a StorageError with the fix."""
     if index_dir:
-        return Path(index_dir).expanduser()
-    return Path(os.environ.get("CEM_CACHE") or "~/.cache/cem").expanduser() / "indexes"
+        return ensure_dir(Path(index_dir).expanduser(), "give the source another index_dir")
+    root = Path(os.environ.get("CEM_CACHE") or "~/.cache/cem").expanduser() / "indexes"
+    return ensure_dir(root, "point CEM_CACHE at another folder")
 
 
 def load_cached(folder: Path, meta: dict, load: Callable[[Path], Any]) -> Any | None:

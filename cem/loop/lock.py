@@ -57,7 +57,7 @@ def describe(info: dict | None) -> str:
 @contextlib.contextmanager
 def run_lock(root: Path) -> Iterator[None]:
     """Hold the exclusive lock on ``root`` for the block; RunLocked when another holds it."""
-    ensure_dir(root, "run_dir")
+    ensure_dir(root, "set run_dir=<another folder>")
     lock = _acquire(root)
     try:
         old = holder(root)

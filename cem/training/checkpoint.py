@@ -9,6 +9,7 @@ fsynced and renamed; one that fails its check is moved aside and training starts
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import os
 import zipfile
@@ -20,7 +21,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from cem import signals
-from cem.io import atomic_open, storage_errors
+from cem.io import atomic_open
 from cem.ui import warn
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        with storage_errors(path, _nbytes(checkpoint)), atomic_open(path, "wb") as fh:
-            torch.save(checkpoint, fh)
-
-
-def _nbytes(obj: Any) -> int:
-    """The tensor bytes in a checkpoint: about what its file needs on disk."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(_nbytes(v) for v in obj)
-    return 0
+        # Serialised first (as Lightning does): torch's zip writer turns a full disk into a
+        # bare RuntimeError, while a plain write raises ENOSPC, and the size needed is known.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_open(path, "wb", needed=buffer.tell()) as fh:
+            fh.write(buffer.getbuffer())
 
 
 def usable_checkpoint(path: Path) -> Path | None:

@@ -23,12 +23,13 @@ from omegaconf import DictConfig
 from cem import signals
 from cem.config import resolve_run_dir
 from cem.errors import ConfigError
-from cem.io import remove_stale, write_json
+from cem.io import remove_stale, storage_errors, write_json
 from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES
 from cem.ui import console
 from cem.validate import at_least, check_model, choice, in_unit, validate
 
 CKPT = Path("checkpoints") / "last.ckpt"  # what a re-run of the stage resumes from
+LOGS = "train_logs"
 
 
 def check_train(t: DictConfig) -> list[str]:
@@ -141,13 +142,16 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None) -> dict:
 
 
 def fit(trainer, module, data, ckpt: Path | None, last: Path) -> None:
-    """``trainer.fit``, where SIGTERM or SIGINT stops at a batch end as ``Interrupted``."""
+    """``trainer.fit``, where SIGTERM or SIGINT stops at a batch end as ``Interrupted``.
+
+    Checkpoints report a full disk themselves; what else fit writes is Lightning's CSV log.
+    """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from cem.training.checkpoint import resume_detail
 
     try:
-        with signals.graceful():
+        with signals.graceful(), storage_errors(Path(trainer.default_root_dir) / LOGS):
             trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     except SIGTERMException:  # Lightning's own stop for the SIGTERM: a SystemExit with no code
         signals.stop(resume_detail(last))
@@ -196,7 +200,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         accumulate_grad_batches=t.grad_accum,
         callbacks=callbacks,
         plugins=None if sharded else [AtomicCheckpointIO()],
-        logger=CSVLogger(save_dir=run_dir, name="train_logs"),
+        logger=CSVLogger(save_dir=run_dir, name=LOGS),
         enable_checkpointing=True,
         default_root_dir=run_dir,
         # The data module deals batches to ranks itself (phase order, resumable).
