@@ -96,8 +96,9 @@ def random_llama(
     for key in arch:
         if key not in known:
             raise ConfigError(
-                f"model.arch.{key}", arch[key], "is not a LlamaConfig size field",
-                f"~model.arch.{key} (vocab and special ids come from the tokenizer)",
+                f"model.arch.{key}", arch[key],
+                "is not a LlamaConfig size field (vocab and special ids come from the tokenizer)",
+                f"~model.arch.{key}",
             )  # fmt: skip
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = LlamaConfig(
@@ -111,6 +112,33 @@ def random_llama(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)  # initialised in float32, then cast: seed-stable
     return model.to(dtype)
+
+
+def module_names(cfg: ModelConfig) -> list[str] | None:
+    """The model's module names, from its config alone (meta device: no weights are read).
+
+    None when the config is not at hand without a download (a hub id, an unfetched asset).
+    """
+    from transformers import AutoConfig
+
+    if cfg.random_init:
+        config = LlamaConfig(**_plain(cfg.arch))
+    else:
+        try:
+            if cfg.asset:
+                from cem.assets.fetch import asset_dir
+
+                folder = str(asset_dir(cfg.asset, fetch=False))
+            else:
+                folder = _resolve_path(cfg.path)
+            config = AutoConfig.from_pretrained(
+                folder, trust_remote_code=cfg.trust_remote_code, local_files_only=True
+            )
+        except Exception:  # anything wrong here is for load_model to report
+            return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    return [name for name, _ in model.named_modules() if name]
 
 
 def save_model(
@@ -171,8 +199,8 @@ def _load_asset(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, 
 
     if cfg.asset not in ASSETS:
         raise ConfigError(
-            "model.asset", cfg.asset, f"must be one of {', '.join(ASSETS)}",
-            "model.asset=smollm2-135m-instruct (see `cem assets list`)",
+            "model.asset", cfg.asset, f"must be one of {', '.join(ASSETS)} (`cem assets list`)",
+            "model.asset=smollm2-135m-instruct",
         )  # fmt: skip
     folder = asset_dir(cfg.asset)
     model = _from_pretrained(str(folder), cfg, dtype, "model.asset")

@@ -235,6 +235,13 @@ BAD_ROWS = [
     ("jsonl", "few.jsonl", _j(question="q", choices=["a"], answer=0), 2, "fewer than 2 options"),
     (
         "jsonl",
+        "many.jsonl",
+        _j(question="q", choices=[f"o{i}" for i in range(27)], answer=0),
+        2,
+        "27 options; at most 26 (lettered A-Z)",
+    ),  # fmt: skip
+    (
+        "jsonl",
         "notin.jsonl",
         _j(question="q", choices=["a", "b"], answer="zebra"),
         2,

@@ -224,11 +224,13 @@ def optional_text(fields: dict[str, Any], key: str) -> str | None:
 
 
 def check_choices(choices: Any) -> list[str]:
-    """Return ``choices`` if it is a list of at least 2 non-blank option texts."""
+    """Return ``choices`` if it is a list of 2 to 26 option texts (letters A-Z), 2 not blank."""
     if not isinstance(choices, list | tuple) or not all(isinstance(c, str) for c in choices):
         raise BadRow(f"options must be a list of texts; got {choices!r}")
     if sum(1 for c in choices if c.strip()) < 2:
         raise BadRow(f"fewer than 2 options: {list(choices)!r}")
+    if len(choices) > len(LETTERS):
+        raise BadRow(f"{len(choices)} options; at most {len(LETTERS)} (lettered A-Z) are supported")
     return list(choices)
 
 

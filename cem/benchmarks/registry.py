@@ -96,14 +96,25 @@ def split_sets(
 
 def select_sets(sets: dict[str, list[MCItem]], wanted: list[str] | None) -> dict[str, list[MCItem]]:
     """The sets to score: ``wanted`` in order, or every set but the instruction pool."""
+    scorable = [s for s in sets if s != "pool"] or list(sets)
     if wanted is None:
-        return {name: items for name, items in sets.items() if name != "pool"}
+        chosen = {name: items for name, items in sets.items() if name != "pool"}
+        if not any(chosen.values()):  # a run that would score nothing
+            raise ConfigError(
+                "eval.sets", None,
+                f"leaves nothing to score: this benchmark's items are all in {list(sets)}, "
+                "and the pool is not scored unless asked for", f"eval.sets=[{','.join(scorable)}]",
+            )  # fmt: skip
+        return chosen
+    if not wanted:
+        raise ConfigError("eval.sets", wanted, "must name at least one set (null: all but the pool)",
+                          "eval.sets=null")  # fmt: skip
     unknown = [w for w in wanted if w not in sets]
     if unknown:
         raise ConfigError(
             "eval.sets",
             unknown,
             f"must name sets of this benchmark ({', '.join(sets)})",
-            f"eval.sets=[{','.join(s for s in sets if s != 'pool')}]",
+            f"eval.sets=[{','.join(scorable)}]",
         )
     return {name: sets[name] for name in wanted}

@@ -52,9 +52,11 @@ def check_run(cfg: DictConfig) -> list[str]:
     # check_build also covers run_dir, model and benchmark, which RUN_CHECKS has reported.
     build_view = OmegaConf.create({**OmegaConf.to_container(cfg), "round": 1})
     problems += [p for p in check_build(build_view) if p not in problems]
-    problems += check_train(cfg.train)
-    if "_target_" not in cfg.trainer:
-        problems.append("trainer needs a _target_ (lightning.Trainer) (try trainer=cpu)")
+    from cem.training.checks import check_lora_targets, check_trainer
+
+    problems += check_train(cfg.train) + check_trainer(cfg.trainer)
+    if not problems:  # builds the model's skeleton: only once the config is otherwise sound
+        problems += check_lora_targets(cfg.model, cfg.train)
     return problems
 
 
@@ -178,10 +180,13 @@ def run_loop(cfg: DictConfig) -> dict:
         RunLocked: another process is writing to the run folder.
         CemError: the run folder holds a run with another config, or a stage failed.
     """
+    from cem.loop.lock import run_lock
+    from cem.training.checks import check_devices
+
     problems = check_run(cfg)
+    problems += [] if problems else check_devices(cfg.trainer)
     if problems:
         raise ConfigInvalid(problems)
-    from cem.loop.lock import run_lock
 
     root = resolve_run_dir(cfg)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

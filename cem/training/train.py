@@ -26,7 +26,7 @@ from cem.errors import ConfigError
 from cem.io import remove_stale, storage_errors, write_json
 from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES
 from cem.ui import console
-from cem.validate import at_least, check_model, choice, in_unit, validate
+from cem.validate import ConfigInvalid, at_least, check_model, choice, in_unit, validate
 
 CKPT = Path("checkpoints") / "last.ckpt"  # what a re-run of the stage resumes from
 LOGS = "train_logs"
@@ -55,8 +55,11 @@ def check_train(t: DictConfig) -> list[str]:
         problems.append("train.lora.target_modules must not be empty (try "
                         "train.lora.target_modules=[q_proj,v_proj])")  # fmt: skip
     for kind, w in t.loss_weights.items():
-        problems.append(choice("train.loss_weights key", kind, KINDS))
-        problems.append(at_least(f"train.loss_weights.{kind}", w, 0, 1.0))
+        if kind not in KINDS:
+            problems.append(f"train.loss_weights.{kind} names no kind; the kinds are "
+                            f"{', '.join(KINDS)} (try ~train.loss_weights.{kind})")  # fmt: skip
+        else:
+            problems.append(at_least(f"train.loss_weights.{kind}", w, 0, 1.0))
     return [p for p in problems if p]
 
 
@@ -80,10 +83,12 @@ def run_train(cfg: DictConfig) -> dict:
     Returns:
         The metrics also written to ``D/train/metrics.json``.
     """
-    validate(cfg, {"model": check_model, "train": check_train})
-    if "_target_" not in cfg.trainer:
-        raise ConfigError("trainer", dict(cfg.trainer), "needs a _target_ (lightning.Trainer)",
-                          "trainer=cpu")  # fmt: skip
+    from cem.training.checks import check_devices, check_lora_targets, check_trainer
+
+    validate(cfg, {"model": check_model, "train": check_train, "trainer": check_trainer})
+    problems = check_lora_targets(cfg.model, cfg.train) + check_devices(cfg.trainer)
+    if problems:
+        raise ConfigInvalid(problems)
     run_dir = resolve_run_dir(cfg)
     base = run_dir / "model_in"
     return train_round(cfg, run_dir, base if base.exists() else None)
