@@ -228,11 +228,13 @@ def _resolve_path(path: str) -> str:
 
 
 def _from_pretrained(path: str, cfg: ModelConfig, dtype: torch.dtype, key: str) -> PreTrainedModel:
+    from safetensors import SafetensorError  # a truncated or corrupt weights file
+
     try:
         return AutoModelForCausalLM.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise ModelError(
             f"could not load the model at {key}={path!r}: {str(e).rstrip('.')}. Check the folder or hub id; a hub "
             "model needs the network (and HF_HUB_OFFLINE unset) and, if gated, `hf auth login`; a "

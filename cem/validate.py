@@ -85,10 +85,16 @@ def check_model(m: DictConfig) -> list[str]:
     problems = [choice("model.dtype", m.dtype, DTYPES)]
     sources = [bool(m.asset), bool(m.path), bool(m.random_init)]
     if sum(sources) != 1:
+        # Too many: keep the most specific (a path, then an asset) and clear the others.
+        clear = (["model.asset=null"] if m.asset and m.path else []) + (
+            ["model.random_init=false"] if m.random_init and (m.asset or m.path) else [])  # fmt: skip
+        fix = (
+            " ".join(clear)
+            or "model.path=Qwen/Qwen2.5-0.5B-Instruct or model=smollm2_135m_instruct"
+        )
         problems.append(
             "model needs exactly one of model.asset, model.path or model.random_init=true; "
-            f"got asset={m.asset!r}, path={m.path!r}, random_init={m.random_init} "
-            "(try model.path=Qwen/Qwen2.5-0.5B-Instruct or model=smollm2_135m_instruct)"
+            f"got asset={m.asset!r}, path={m.path!r}, random_init={m.random_init} (try {fix})"
         )
     problems.append(at_least("model.max_length", m.max_length, 16, 2048))
     return [p for p in problems if p]

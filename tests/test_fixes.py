@@ -19,7 +19,8 @@ BASE = ("experiment=fast", "run_dir=/tmp/x")
 BAD = [
     ["eval.formulation=loglik"], ["eval.mcf_target=word"], ["eval.mode=chat"],
     ["eval.batch_size=0"], ["eval.sets=[test]"], ["model.dtype=int8"], ["model.max_length=4"],
-    ["model.random_init=false"], ["benchmark.relations=[capital,capitol]"],
+    ["model.random_init=false"], ["model.path=/m"], ["model.asset=a", "model.path=/m"],
+    ["benchmark.relations=[capital,capitol]"],
     ["benchmark.relations=[]"], ["benchmark.transfer=[reverse,sideways]"],
     ["benchmark.formulation=qa"], ["benchmark=mmlu"], ["benchmark.exam_fraction=0.9"],
     ["knowledge.extractor=regex"], ["knowledge.extractor=llm"], ["knowledge.passages=some"],
