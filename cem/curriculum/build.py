@@ -96,8 +96,8 @@ def check_build(cfg: DictConfig) -> list[str]:
     e = cfg.instructions.extractive
     if e.enabled and e.question_source == "llm" and not cfg.knowledge.extractor_model:
         problems.append(
-            "knowledge.extractor_model must name an instruct model for "
-            "instructions.extractive.question_source=llm, or a local folder (try "
+            "knowledge.extractor_model must name an instruct model (or a local folder) for "
+            "instructions.extractive.question_source=llm (try "
             "knowledge.extractor_model=Qwen/Qwen2-7B-Instruct or "
             "instructions.extractive.question_source=cloze)"
         )
