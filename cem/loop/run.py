@@ -183,14 +183,16 @@ def run_loop(cfg: DictConfig) -> dict:
     from cem.loop.lock import run_lock
     from cem.training.checks import check_devices
 
-    problems = check_run(cfg)
-    problems += [] if problems else check_devices(cfg.trainer)
-    if problems:
-        raise ConfigInvalid(problems)
-
+    if OmegaConf.is_missing(cfg, "run_dir") or not cfg.run_dir:
+        raise ConfigInvalid(["run_dir must be set to the run's folder (try run_dir=runs/my_run)"])
     root = resolve_run_dir(cfg)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with run_lock(root):  # one writer per run folder
+    # One writer per run folder; locked first, so that a second one leaves before any check.
+    with run_lock(root):
+        problems = check_run(cfg)
+        problems += [] if problems else check_devices(cfg.trainer)
+        if problems:
+            raise ConfigInvalid(problems)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         summary = _loop(cfg, root)
     report(summary)
     return summary
