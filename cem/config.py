@@ -71,6 +71,9 @@ class EvalConfig:
     mcf_target: str = "letter"  # letter | text: in MCF, score the letter or the option text
     mode: str = "loglik"  # loglik | generate
     batch_size: int = 32  # questions per forward pass (options are expanded from the cached prefix)
+    # Questions rendered, tokenised and scored at a time: memory stays flat as the benchmark
+    # grows, and an interrupted evaluation resumes from its finished chunks.
+    chunk_size: int = 2048
     chat_template: bool = False  # loglik: wrap the question in the model's chat template
     max_new_tokens: int = 24  # generate mode
     sets: list[str] | None = None  # which sets to score; null scores every set the benchmark has

@@ -147,6 +147,7 @@ def check_eval(e: DictConfig) -> list[str]:
         choice("eval.mcf_target", e.mcf_target, MCF_TARGETS),
         choice("eval.mode", e.mode, EVAL_MODES),
         at_least("eval.batch_size", e.batch_size, 1, 32),
+        at_least("eval.chunk_size", e.chunk_size, 1, 2048),
         at_least("eval.max_new_tokens", e.max_new_tokens, 1, 24),
     ]
     return [p for p in problems if p]
