@@ -44,7 +44,8 @@ class BenchmarkConfig:
     name: str = MISSING  # world | xiezhi | mmlu | ceval | jsonl | parquet
     path: str | None = None  # a file or a folder of files (not used by ``world``)
     set_name: str = "exam"  # which set a loaded file counts as
-    limit: int | None = None  # keep the first N items of each set
+    limit: int | None = None  # keep the first N items of each set (reading stops there)
+    max_row_bytes: int = 1_000_000  # a longer line of a benchmark file is a data error
     skip_bad_rows: bool = False  # skip malformed rows and report how many, instead of failing
     # File benchmarks only: split the loaded items (per subject, seeded by ``seed``) into
     # pool / exam / test with pool_fraction and exam_fraction, as ``cem run`` needs.

@@ -110,6 +110,7 @@ def check_benchmark(b: DictConfig) -> list[str]:
             f"benchmark.path is required for benchmark={b.name} (a file or a folder of files); "
             f"got None (try benchmark.path=/data/{b.name})"
         )
+    problems.append(at_least("benchmark.max_row_bytes", b.max_row_bytes, 1, 1_000_000))
     if b.limit is not None:
         problems.append(at_least("benchmark.limit", b.limit, 1, 100))
     if b.name == "world" or b.split:

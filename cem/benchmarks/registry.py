@@ -36,7 +36,14 @@ def load_files(b: DictConfig) -> dict[str, list[MCItem]]:
     from cem.benchmarks.loaders import load_path
 
     result = load_path(
-        b.path, b.name, set_name=b.set_name, skip_bad_rows=b.skip_bad_rows, recursive=b.split
+        b.path,
+        b.name,
+        set_name=b.set_name,
+        skip_bad_rows=b.skip_bad_rows,
+        recursive=b.split,
+        # The split draws from every item, so only an unsplit benchmark stops at the limit.
+        limit=None if b.split else b.limit,
+        max_row_bytes=b.max_row_bytes,
     )  # the split reads dev/, val/ and test/ alike
     if result.skipped:
         first = result.skipped[0]
