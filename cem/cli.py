@@ -45,6 +45,7 @@ USAGE = """usage: cem <command> [key=value ...]
 commands:
 {commands}
   report     a sweep's runs as one table: cem report multirun/<table> (cem report --help)
+  inspect    one run's exam mistakes on one page: cem inspect RUN_DIR -> RUN_DIR/inspect.html
   verify     check every finished stage's files against its done-marker: cem verify RUN_DIR
   assets     fetch, list or verify the offline assets (cem assets --help)
 
@@ -170,12 +171,16 @@ def main(argv: list[str] | None = None) -> int:
             from cem.loop.report import main as report_main
 
             return report_main(rest)
+        if command == "inspect":
+            from cem.loop.inspector import main as inspect_main
+
+            return inspect_main(rest)
         if command == "verify":
             from cem.loop.verify import main as verify_main
 
             return verify_main(rest)
         if command not in HYDRA_COMMANDS:
-            known = ", ".join([*HYDRA_COMMANDS, "report", "verify", "assets"])
+            known = ", ".join([*HYDRA_COMMANDS, "report", "inspect", "verify", "assets"])
             raise CemError(
                 f"unknown command {command!r}; known commands: {known} (try `cem --help`)"
             )

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import II, MISSING, DictConfig
+
+# Config keys that change no result (where a job writes, what it shows or keeps, W&B):
+# the one list. A continued run may change them (cem.loop.run), cem report does not tell
+# rows apart by them, finished runs are reused across them (cem.loop.share), and the
+# tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
+RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "trainer.enable_progress_bar",
+                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs")  # fmt: skip
 
 
 @dataclass
@@ -155,6 +162,7 @@ class KnowledgeConfig:
     # random (random corpus passages with the token count CEM's retrieval kept; a baseline)
     # or full (every passage of the corpus; the full-corpus CPT baseline).
     passages: str = "mistakes"
+    corpus_fraction: float = 1.0  # passages=full: a seeded random share of the corpus documents
     extractor: str = "rule"  # rule | llm: how mistakes become search queries
     extractor_model: str | None = None  # llm extractor: local folder or hub id of an instruct model
     extractor_max_new_tokens: int = 64
@@ -303,11 +311,10 @@ class TrainConfig:
     pack: bool = (
         True  # pack examples into sequences without cross-attention; false: pad with length buckets
     )
-    loss_weights: dict[str, float] = field(
-        default_factory=lambda: {"cpt": 1.0}
-    )  # per kind; CIT kinds default to their instruction type's loss_weight
+    # Per kind; the CIT kinds left out take their instruction type's loss_weight.
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"cpt": 1.0, "replay": 1.0})
     checkpoint_every_n_steps: int = 50
-    seed: int = 0
+    seed: int = II("seed")  # the job's seed
 
 
 @dataclass
@@ -387,6 +394,12 @@ class LoopConfig:
     patience: int | None = 1  # stop after this many rounds without exam gain; null: never
     min_delta: float = 0.0  # an exam accuracy rise must exceed this to count as a gain
     keep_models: KeepModels = KeepModels.last  # finished training's checkpoints always go
+    # Reuse round 0's evaluation and the warm-up of an earlier job with the same inputs
+    # (cem.loop.share: keyed by their job configs, in $CEM_CACHE/shared).
+    share_round0: bool = True
+    # Reuse a finished run whose config (but RESULT_NEUTRAL keys) and code are the same: its
+    # files are hard-linked in (cem.loop.share), e.g. the default row shared by the tables.
+    reuse_runs: bool = True
 
 
 @dataclass
@@ -398,7 +411,10 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled; $WANDB_MODE wins when set
     project: str = "cem"
     entity: str | None = None
-    group: str | None = None  # null: the run folder's name
+    group: str | None = None  # null: the run folder's name; a table sets its name
+    # null: the job's overrides without the seed, so W&B groups a table's jobs into the rows
+    # of `cem report`; a run with no overrides is "cem-run". Cut to 64 characters (W&B's limit).
+    job_type: str | None = None
     tags: list[str] = field(default_factory=list)  # the protocol is always added
     mistakes_rows: int = 500  # rows of each round's mistakes table (0: no table)
 

@@ -20,7 +20,14 @@ EVAL_MODES = ("loglik", "generate")
 DTYPES = ("float32", "bfloat16", "float16")
 KEYPOINT_EXTRACTORS = ("rule", "llm")
 PASSAGE_MODES = ("mistakes", "random", "full")
-BASELINES = ("none", "random_cpt", "full_corpus_cpt", "cit_only")
+BASELINES = (
+    "none",
+    "random_cpt",
+    "full_corpus_cpt",
+    "full_corpus_cpt_steps",
+    "full_corpus_cpt_fifth",
+    "cit_only",
+)
 BENCHMARKS = ("world", "xiezhi", "mmlu", "ceval", "jsonl", "parquet")
 LOGGERS = ("wandb", "csv")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -169,6 +176,7 @@ def check_knowledge(k: DictConfig) -> list[str]:
     problems = [
         choice("knowledge.extractor", k.extractor, KEYPOINT_EXTRACTORS),
         choice("knowledge.passages", k.passages, PASSAGE_MODES),
+        in_unit("knowledge.corpus_fraction", k.corpus_fraction, 0.2, open_low=True),
         at_least("knowledge.queries_per_mistake", k.queries_per_mistake, 1, 2),
         at_least("knowledge.top_k_per_mistake", k.top_k_per_mistake, 1, 3),
         at_least("knowledge.passage_tokens", k.passage_tokens, 16, 256),

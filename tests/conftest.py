@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Round-0 work shared across jobs (cem.loop.share) stays inside this test session.
+os.environ.setdefault("CEM_SHARE_CACHE", tempfile.mkdtemp(prefix="cem-share-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

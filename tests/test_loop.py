@@ -324,7 +324,7 @@ def test_a_run_continues_only_with_its_own_config(fast_run):
 
 @pytest.mark.e2e
 def test_wandb_logger_in_disabled_mode(fast_run, monkeypatch):
-    from cem.loop.logging import RunLogger
+    from cem.loop.mirror import RunLogger
 
     root, summary = fast_run
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -414,6 +414,27 @@ def test_prune_keeps_what_a_later_stage_needs(tmp_path, keep, final, left):
     checkpoints = {p.parent.name for p in tmp_path.glob("*/checkpoints")}
     assert checkpoints == ({"warmup", "round_1", "round_2", "round_3"} if keep == "all"
                            else {"round_3"})  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_a_finished_run_is_reused_by_an_identical_job(fast_run, tmp_path, monkeypatch):
+    root, summary = fast_run
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a stage of a finished identical run ran again")
+
+    for name in ("eval_task", "retrieve_task", "build_task", "warmup_build_task", "train_task"):
+        monkeypatch.setattr(stages, name, boom)
+    # Another folder and result-neutral differences (logging, kept models): the same run.
+    again = run_loop(compose_run(f"run_dir={tmp_path / 'again'}", *FAST, "logger.group=other",
+                                 "loop.keep_models=all", "loop.reuse_runs=true"))  # fmt: skip
+    assert [e["metrics"] for e in again["rounds"]] == [e["metrics"] for e in summary["rounds"]]
+    assert again["gains"] == summary["gains"]
+    assert (tmp_path / "again" / "round_2" / "diagnostics.json").is_file()
+    # A result-changing key is another run: its stages must run.
+    with pytest.raises(AssertionError, match="ran again"):
+        run_loop(compose_run(f"run_dir={tmp_path / 'other'}", *FAST, "mix.cit_ratio=0.25",
+                             "loop.reuse_runs=true"))  # fmt: skip
 
 
 @pytest.mark.e2e

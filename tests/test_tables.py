@@ -22,7 +22,7 @@ from cem.io import write_json, write_jsonl
 from cem.loop.report import find_runs, group, make_report, run_metrics
 from cem.loop.run import check_run
 
-TABLES = sorted(p.stem for p in (conf_dir() / "table").glob("*.yaml"))
+TABLES = sorted(p.stem for p in (conf_dir() / "table").glob("*.yaml") if p.stem != "_base")
 PAPER_TABLES = ["data_efficiency", "instruction_ablation", "knowledge_source", "main",
                 "paradigm", "ratio", "replay_forgetting", "rounds"]  # fmt: skip
 
@@ -53,7 +53,8 @@ def test_every_value_of_every_table_axis_composes_and_validates(table):
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweep.dir == f"multirun/{table}"
     axes = sweep_axes(table)
-    assert axes["seed"] == ["0", "1", "2"]  # every table runs over several seeds
+    assert axes["seed"] == ["0", "1", "2", "3", "4"]  # every table runs over five seeds
+    assert list(axes)[0] == "seed"  # seed-major job order: a partial table holds whole seeds
     assert len(axes) >= 1 + (table != "rounds")  # and over the table's own axis
     first = [f"{k}={vs[0]}" for k, vs in axes.items()]
     jobs = {tuple(first)} | {
@@ -422,3 +423,52 @@ def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch):
     assert (tmp_path / "round_1" / "done" / "retrieve.json").is_file()
     assert not (tmp_path / "round_1" / "done" / "build.json").exists()
     assert (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.e2e
+def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
+    from collections import Counter
+
+    from cem.loop import stages
+
+    monkeypatch.setenv("CEM_SHARE_CACHE", str(tmp_path / "share"))
+    calls: Counter = Counter()
+    for name in ("eval_task", "warmup_build_task", "train_task"):
+        real = getattr(stages, name)
+
+        def counted(cfg, folder, *args, _real=real, _name=name, **kw):
+            calls[(_name, folder.name)] += 1
+            return _real(cfg, folder, *args, **kw)
+
+        monkeypatch.setattr(stages, name, counted)
+    tiny = ("experiment=fast", "seed=0", "loop.rounds=1", "benchmark.limit=4",
+            "loop.warmup.max_steps=1", "train.max_steps=1")  # fmt: skip
+    assert main(["run", "table=ratio", *tiny, f"hydra.sweep.dir={tmp_path / 'ratio'}"]) == 0
+    jobs = find_runs(tmp_path / "ratio")
+    assert len(jobs) == 5  # the five ratios at one seed
+    # Round 0, the warm-up and the warmed-up model's scores once; each job's own round once.
+    assert calls == Counter({("eval_task", "round_0"): 1, ("warmup_build_task", "warmup"): 1,
+                             ("train_task", "warmup"): 1, ("eval_task", "round_1"): 1,
+                             ("train_task", "round_1"): 5, ("eval_task", "round_2"): 5})  # fmt: skip
+    shared = [j for j in jobs if "shared_from" in stages.read_marker(j.path / "round_0", "eval")]
+    assert len(shared) == 4
+    records = {(j.path / "round_1/eval/records.jsonl").read_text() for j in jobs}
+    assert len(records) == 1  # every job starts round 1 from the same scores
+    # A corrupt entry is found by its hash and computed again, with a warning.
+    entry = next((tmp_path / "share").glob("*/eval/records.jsonl"))
+    entry.write_text("{}\n")
+    calls.clear()
+    assert main(["run", *tiny, "loop.rounds=1", f"run_dir={tmp_path / 'again'}"]) == 0
+    assert calls[("eval_task", "round_0")] + calls[("eval_task", "round_1")] == 1
+    assert calls[("train_task", "warmup")] == 0
+
+
+def test_tables_leave_out_exactly_the_result_neutral_keys():
+    from cem.config import RESULT_NEUTRAL
+    from cem.loop.report import IGNORED
+    from cem.loop.run import MAY_CHANGE
+
+    base = OmegaConf.load(conf_dir() / "table" / "_base.yaml")
+    excluded = list(base.hydra.job.config.override_dirname.exclude_keys)
+    assert excluded == ["table", *RESULT_NEUTRAL]
+    assert set(RESULT_NEUTRAL) <= set(IGNORED) and set(RESULT_NEUTRAL) <= set(MAY_CHANGE)

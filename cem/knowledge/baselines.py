@@ -5,7 +5,8 @@
 - ``mistakes`` (CEM): the passages retrieved for this round's mistakes;
 - ``random``: corpus passages drawn at random until they hold as many tokens as CEM's
   retrieval kept this round (the random-passage CPT baseline, same token budget);
-- ``full``: every passage of the corpus (the full-corpus CPT baseline).
+- ``full``: every passage of the corpus (the full-corpus CPT baseline), or of a seeded
+  random ``knowledge.corpus_fraction`` of its documents.
 
 Both baselines go through the same leak guard and chunking as CEM's passages, so that the
 comparison differs only in *which* text is trained on.
@@ -67,6 +68,7 @@ def baseline_passages(
     max_tokens: int,
     count: CountTokens,
     seed: str,
+    fraction: float = 1.0,
 ) -> tuple[list[Passage], dict[str, int]]:
     """The CPT passages of a baseline and its counts (``corpus_docs``, ``leak_dropped``).
 
@@ -74,11 +76,15 @@ def baseline_passages(
         mode: ``random`` or ``full``.
         budget_tokens: for ``random``, the tokens to reach (CEM's kept passages this round).
         seed: seeds the draw of ``random`` (the run seed and the round).
+        fraction: for ``full``, the share of the documents kept (a seeded draw).
     """
     docs = corpus_documents(source, mode)
     if mode == "random":
         docs = docs[:]
         random.Random(seed).shuffle(docs)
+    elif fraction < 1:
+        keep = sorted(random.Random(seed).sample(range(len(docs)), round(fraction * len(docs))))
+        docs = [docs[i] for i in keep]
     out: list[Passage] = []
     total = leaked = 0
     for p, leak in _passages(docs, guard, max_tokens, count):

@@ -172,7 +172,7 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
         t = time.perf_counter()
         kept, baseline = baseline_passages(
             cfg.knowledge.passages, source, tokens, guard, cfg.knowledge.passage_tokens,
-            count, seed=f"{cfg.seed}:{run_dir.name}",
+            count, seed=f"{cfg.seed}:{run_dir.name}", fraction=cfg.knowledge.corpus_fraction,
         )  # fmt: skip
         baseline = {"mode": cfg.knowledge.passages, "cem_tokens": tokens, **baseline}
         tokens = baseline["tokens"]  # counted as they were drawn

@@ -78,8 +78,11 @@ def main_table(variants: list[Variant], stats: list[dict[str, dict]]) -> list[st
     return lines
 
 
-def pooled_table(variants: list[Variant], pooled: list[dict | None]) -> list[str]:
-    """Each row's gains pooled over its seeds at the item level, with a verdict."""
+def pooled_table(variants: list[Variant], pooled: list[dict | None],
+                 stats: list[dict[str, dict]]) -> list[str]:  # fmt: skip
+    """Each row's gains pooled over its seeds at the item level, with a verdict, and the
+    knowledge gain per 1k trained CPT tokens with the same interval (the tokens are fixed
+    per run, so the ratio's interval is the gain's, scaled)."""
     from cem.evaluation.stats import verdict
 
     lines = [
@@ -88,19 +91,29 @@ def pooled_table(variants: list[Variant], pooled: list[dict | None]) -> list[str
         " claim knowledge gain > 0: confirmed when the interval excludes 0 above,"
         " refuted below, else inconclusive.",
         "",
-        "| variant | seeds | " + " | ".join(CLAIM_NAMES[c] for c in CLAIMS) + " | verdict |",
-        "| --- | ---: | " + " | ".join("---:" for _ in CLAIMS) + " | --- |",
-    ]
-    for v, g in zip(variants, pooled, strict=True):
+        "| variant | seeds | " + " | ".join(CLAIM_NAMES[c] for c in CLAIMS)
+        + " | kn. gain / 1k trained CPT tok | verdict |",
+        "| --- | ---: | " + " | ".join("---:" for _ in CLAIMS) + " | ---: | --- |",
+    ]  # fmt: skip
+    for v, g, st in zip(variants, pooled, stats, strict=True):
         if g is None:
             lines.append(f"| {v.label} | {len(v.runs)} | " + " | ".join("" for _ in CLAIMS)
-                         + " | (records not found) |")  # fmt: skip
+                         + " |  | (records not found) |")  # fmt: skip
             continue
         kn = g.get("knowledge")
         cells = " | ".join(_iv(g.get(c)) for c in CLAIMS)
-        lines.append(f"| {v.label} | {len(v.runs)} | {cells} | "
+        lines.append(f"| {v.label} | {len(v.runs)} | {cells} | {_per_1k(kn, st)} | "
                      f"{verdict(kn['ci'] if kn else None)} |")  # fmt: skip
     return lines
+
+
+def _per_1k(kn: dict | None, st: dict[str, dict]) -> str:
+    tokens = (st.get("cpt_tokens_trained") or {}).get("mean")
+    if not kn or not tokens:
+        return ""
+    scale = 100 * 1000 / tokens  # points per 1k tokens
+    lo, hi = (c * scale for c in kn["ci"])
+    return f"{kn['delta'] * scale:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 def against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
@@ -186,7 +199,7 @@ def markdown(root: Path, variants: list[Variant], stats: list[dict[str, dict]],
     if shared:
         lines += ["", "Common overrides: " + " ".join(f"`{k}={v}`" for k, v in shared.items())]
     lines += ["", *main_table(variants, stats), ""]
-    lines += pooled_table(variants, [pooled_gain(i) if i else None for i in items])
+    lines += pooled_table(variants, [pooled_gain(i) if i else None for i in items], stats)
     if against is not None:
         base = find_against(variants, against)
         b_items = items[variants.index(base)]

@@ -21,6 +21,18 @@ def curve(s: dict, name: str) -> list[float]:
 
 def plot_summary(summary: dict, path: Path) -> Path:
     """Accuracy per set over rounds (matplotlib, Agg), written atomically."""
+    fig = summary_figure(summary)  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summary_figure(summary: dict):
+    """The figure of ``plot_summary``: accuracy per set over round 0, the warm-up and each
+    round (also drawn as SVG into ``cem inspect``'s page)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,10 +54,7 @@ def plot_summary(summary: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title(f"{summary['model']} · {summary['benchmark']} · {summary['protocol']}")
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_report(root: Path, variants: list, stats: list[dict[str, dict]], path: Path) -> None:

@@ -31,11 +31,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cem.config import RESULT_NEUTRAL
 from cem.errors import CemError
 from cem.io import atomic_open, read_json
 
 # Overrides that never tell variants apart (they do not change results, or are the seeds).
-IGNORED = ("seed", "table", "run_dir", "logger", "eval.progress", "trainer.enable_progress_bar")
+IGNORED = ("seed", "table", *RESULT_NEUTRAL)
 
 
 @dataclass

@@ -24,21 +24,25 @@ round's retrieval leaves no passage to train on.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from cem.config import resolve_run_dir
+from cem.config import RESULT_NEUTRAL, resolve_run_dir
 from cem.errors import CemError
 from cem.io import atomic_open, read_jsonl
-from cem.loop import stages
+from cem.loop import share, stages
 from cem.loop.summary import report, write_summary
 from cem.ui import console
 from cem.validate import RUN_CHECKS, ConfigInvalid
 
+if TYPE_CHECKING:  # the mirror imports lightning: only once the loop starts
+    from cem.loop.mirror import RunLogger
+
 CONFIG = "config.yaml"
-# Keys that may change between a run and its continuation: they do not alter any result.
-MAY_CHANGE = ("run_dir", "loop.rounds", "loop.patience", "loop.min_delta", "loop.keep_models",
-              "logger", "eval.progress", "trainer.enable_progress_bar")  # fmt: skip
+# Keys that may change between a run and its continuation: they alter no result so far
+# (a continuation may go on for more rounds, or stop at another patience).
+MAY_CHANGE = (*RESULT_NEUTRAL, "loop.rounds", "loop.patience", "loop.min_delta")
 
 
 def check_run(cfg: DictConfig) -> list[str]:
@@ -134,17 +138,25 @@ def stop_reason(cfg: DictConfig, k: int, exam_accs: list[float], records: list[d
     return None
 
 
-def warm_up(cfg: DictConfig, root: Path) -> Path:
-    """The schema warm-up: build the Normative-only set and train M0 on it; its model folder."""
-    folder = root / "warmup"
-    stages.run_stage(folder, "build", lambda: stages.warmup_build_task(cfg, folder))
+def warm_up(cfg: DictConfig, root: Path, logger: RunLogger) -> tuple[Path, str]:
+    """The schema warm-up: build the Normative-only set and train M0 on it; its model folder
+    and the key its training is shared under (``cem.loop.share``)."""
+    folder, on = root / "warmup", cfg.loop.share_round0
+    built = share.stage_key("build", stages.warmup_build_job(cfg, folder), [])
+    share.run_shared(on, folder, "build", ["train_set"], built,
+                     lambda: stages.warmup_build_task(cfg, folder))  # fmt: skip
     w = cfg.loop.warmup
     steps = {"max_steps": w.max_steps, "epochs": w.epochs}
-    stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, None, steps))
-    return folder / "model"
+    trained = share.stage_key("train", stages.train_job(cfg, folder, steps, True), [built])
+    loggers = logger.step_loggers(folder)
+    # train_logs too: a job that reuses the warm-up replays its steps into W&B from them.
+    share.run_shared(on, folder, "train", ["model", "train", "train_logs"], trained,
+                     lambda: stages.train_task(cfg, folder, None, steps, True, loggers))  # fmt: skip
+    return folder / "model", trained
 
 
-def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path | None:
+def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None,
+              logger: RunLogger) -> Path | None:  # fmt: skip
     """Retrieve, build and train round ``k`` (its eval is done); the new model's folder, or
     None when the round has no CPT text for a paradigm that needs it (the loop stops)."""
     from cem.curriculum.mixing import NoCptText
@@ -158,18 +170,28 @@ def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None) -> Path | 
         console.print(f"[bold]cem run[/] round {k} has no CPT text left: {e}")
         return None
     steps = {"max_steps": cfg.train.max_steps, "epochs": cfg.train.epochs}
-    stages.run_stage(folder, "train", lambda: stages.train_task(cfg, folder, base, steps))
+    train = lambda: stages.train_task(cfg, folder, base, steps, logger.step_loggers(folder))  # noqa: E731
+    stages.run_stage(folder, "train", train)
     return folder / "model"
 
 
-def evaluate_round(cfg: DictConfig, root: Path, k: int, base: Path | None, sets: list[str]) -> dict:
-    """Score the model round ``k`` starts from into ``round_k/eval`` (round 0: M0)."""
+def evaluate_round(cfg: DictConfig, root: Path, k: int, base: Path | None, sets: list[str],
+                   shared: list[str] | None = None) -> dict:  # fmt: skip
+    """Score the model round ``k`` starts from into ``round_k/eval`` (round 0: M0).
+
+    ``shared``: the keys of the stages that made ``base`` when the result may be shared
+    across jobs (round 0, and round 1 after the warm-up); None: this run's own work.
+    """
     folder = root / f"round_{k}"
     if k == 1 and base is None:  # no warm-up: round 1 starts from M0, scored in round 0
         task = lambda: stages.copy_eval(root / "round_0", folder)  # noqa: E731
     else:
         task = lambda: stages.eval_task(cfg, folder, base, sets)  # noqa: E731
-    return stages.run_stage(folder, "eval", task)
+    if shared is None:
+        return stages.run_stage(folder, "eval", task)
+    # The key names the model by the stages that made it, not by its path in this run.
+    key = share.stage_key("eval", stages.eval_job(cfg, folder, None, sets), shared)
+    return share.run_shared(cfg.loop.share_round0, folder, "eval", ["eval"], key, task)
 
 
 def run_loop(cfg: DictConfig) -> dict:
@@ -200,26 +222,32 @@ def run_loop(cfg: DictConfig) -> dict:
 
 def _loop(cfg: DictConfig, root: Path) -> dict:
     """``run_loop`` on the locked run folder ``root``: every stage not done yet."""
-    from cem.loop.logging import RunLogger
+    from cem.loop.mirror import RunLogger
 
     guard_config(root, cfg)
     sets = loop_sets(cfg)
     console.print(f"[bold]cem run[/] {cfg.model.name} on {cfg.benchmark.name}, "
                   f"{cfg.loop.rounds} rounds, protocol {cfg.protocol.name}: {root}")  # fmt: skip
+    if cfg.loop.reuse_runs:
+        share.reuse_run(root, cfg)
     logger = RunLogger(cfg, root)
     try:
-        evaluate_round(cfg, root, 0, None, sets)
-        base = warm_up(cfg, root) if cfg.loop.warmup.enabled else None
+        evaluate_round(cfg, root, 0, None, sets, shared=[])
+        base, warm_key = warm_up(cfg, root, logger) if cfg.loop.warmup.enabled else (None, None)
+        if warm_key is not None:
+            evaluate_round(cfg, root, 1, base, sets, shared=[warm_key])
         reason = _rounds(cfg, root, base, sets, logger)
         stages.prune(root, cfg.loop.keep_models, final=True)
         summary = write_summary(root, cfg, reason, plot=True)
+        share.register_run(root, cfg)
         logger.update(summary, final=True)
     finally:
         logger.finish()
     return summary
 
 
-def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], logger) -> str:
+def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str],
+            logger: RunLogger) -> str:  # fmt: skip
     """Rounds 1, 2, ... until a stop reason, which is returned."""
     from cem.loop import diagnostics
 
@@ -240,7 +268,7 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str], log
                    "patience": f"no exam gain for {cfg.loop.patience} round(s)"}[reason]  # fmt: skip
             console.print(f"[bold]cem run[/] stops before round {k}: {why}")
             return reason
-        trained = run_round(cfg, root, k, base)
+        trained = run_round(cfg, root, k, base, logger)
         stages.prune(root, cfg.loop.keep_models)
         if trained is None:
             logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl", None)

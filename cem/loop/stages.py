@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,7 @@ def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
     keep = KeepModels(keep)
     if keep == KeepModels.all:
         return []
-    rounds = sorted((p for p in root.glob("round_*") if p.name[6:].isdigit()),
-                    key=lambda p: int(p.name[6:]))  # fmt: skip
-    trained = [f for f in (root / "warmup", *rounds) if read_marker(f, "train")]
+    trained = [f for f in (root / "warmup", *round_folders(root)) if read_marker(f, "train")]
     doomed = [f / "checkpoints" for f in trained] + [f / "model" for f in trained[:-1]]
     if keep == KeepModels.none and final and trained:
         doomed.append(trained[-1] / "model")
@@ -62,6 +60,12 @@ def _record_pruned(folder: Path, name: str) -> None:
     done = read_marker(folder, "train")
     if done is not None and name not in done.get("pruned", []):
         write_json(marker(folder, "train"), {**done, "pruned": [*done.get("pruned", []), name]})
+
+
+def round_folders(root: Path) -> list[Path]:
+    """The run's ``round_<k>`` folders, in the order of k."""
+    rounds = [p for p in root.glob("round_*") if p.name[6:].isdigit()]
+    return sorted(rounds, key=lambda p: int(p.name[6:]))
 
 
 def marker(folder: Path, stage: str) -> Path:
@@ -146,15 +150,21 @@ def model_from(folder: Path) -> dict[str, Any]:
     }
 
 
+def eval_job(cfg: DictConfig, folder: Path, model_dir: Path | None, sets: list[str]) -> DictConfig:
+    """The ``cem eval`` job that scores ``model_dir`` (or the configured model) on ``sets``."""
+    extra: dict[str, Any] = {"eval": {"sets": sets}}
+    if model_dir is not None:
+        extra["model"] = model_from(model_dir)
+    return job_config(EvalJob, cfg, folder, **extra)
+
+
 def eval_task(cfg: DictConfig, folder: Path, model_dir: Path | None, sets: list[str]) -> dict:
     """Score the model (``model_dir``, or the configured one) on ``sets``; write ``folder/eval``."""
     from cem.evaluation.runner import run_eval
 
-    extra: dict[str, Any] = {"eval": {"sets": sets}}
     if model_dir is not None:
         need_model(model_dir, f"{folder.name}/eval")
-        extra["model"] = model_from(model_dir)
-    metrics = run_eval(job_config(EvalJob, cfg, folder, **extra), run_dir=folder)
+    metrics = run_eval(eval_job(cfg, folder, model_dir, sets), run_dir=folder)
     return {name: {"acc": m["acc"], "n": m["n"]} for name, m in metrics.items()}
 
 
@@ -203,30 +213,56 @@ def build_task(cfg: DictConfig, folder: Path, round_: int, earlier: list[Path]) 
     return {"rows": stats["rows"], "tokens": stats["tokens"]}
 
 
+def warmup_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What the warm-up reads, and nothing else: Normative pool items only (paradigm
+    cit_only), no replay. Job settings the warm-up ignores (the mixing ratio, the other
+    instruction types, the knowledge source) take fixed values, so that table rows that
+    differ only there share one warm-up (``cem.loop.share``)."""
+    off = {"enabled": False}
+    ins = cfg.instructions
+    return {
+        "instructions": {"name": "warmup", "chat_template": ins.chat_template,
+                         "normative": {**OmegaConf.to_container(ins.normative), "enabled": True},
+                         "extractive": off, "review": off, "general": off},
+        "paradigm": {"name": "cit_only"},
+        "mix": {"name": "warmup", "cit_ratio": 1.0, "count": cfg.mix.count,
+                "max_tokens": cfg.loop.warmup.max_tokens, "seed": cfg.mix.seed},
+        "replay": {"name": "none", "fraction": 0.0, "correct_items": 0, "seed": cfg.replay.seed},
+        "knowledge": {"name": "none", "sources": [], "leak_ngram": cfg.knowledge.leak_ngram},
+    }  # fmt: skip
+
+
+def warmup_build_job(cfg: DictConfig, folder: Path) -> DictConfig:
+    """The ``cem build`` job of the schema warm-up (``warmup_settings``)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    # check_build wants round >= 1; the warm-up's rows are never replayed.
+    job = {"seed": plain["seed"], "round": 1, "model": plain["model"],
+           "benchmark": plain["benchmark"], "protocol": plain["protocol"],
+           "eval": {"mcf_target": plain["eval"]["mcf_target"]}, **warmup_settings(cfg)}  # fmt: skip
+    return OmegaConf.merge(OmegaConf.structured(BuildJob), job, {"run_dir": str(folder)})
+
+
 def warmup_build_task(cfg: DictConfig, folder: Path) -> dict:
     """The schema warm-up's set: Normative pool items only, no CPT text (paradigm cit_only)."""
     from cem.curriculum.build import run_build
 
-    off = {"enabled": False}
-    job = job_config(
-        BuildJob,
-        cfg,
-        folder,
-        # check_build wants round >= 1; the warm-up's rows are never replayed.
-        round=1,
-        instructions={"normative": {"enabled": True}, "extractive": off, "review": off,
-                      "general": off},
-        paradigm={"name": "cit_only"},
-        replay={"fraction": 0.0, "correct_items": 0},
-        mix={"max_tokens": cfg.loop.warmup.max_tokens},
-    )  # fmt: skip
-    stats = run_build(job, earlier_rounds=[], run_dir=folder)
+    stats = run_build(warmup_build_job(cfg, folder), earlier_rounds=[], run_dir=folder)
     return {"rows": stats["rows"], "tokens": stats["tokens"]}
 
 
-def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int]) -> dict:
+def train_job(cfg: DictConfig, folder: Path, steps: dict[str, int],
+              warmup: bool = False) -> DictConfig:  # fmt: skip
+    """The ``cem train`` job of a round (or of the warm-up, with its instruction settings),
+    for ``steps``."""
+    extra = {"instructions": warmup_settings(cfg)["instructions"]} if warmup else {}
+    return job_config(TrainJob, cfg, folder, train=steps, **extra)
+
+
+def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int],
+               warmup: bool = False, loggers: Sequence = ()) -> dict:  # fmt: skip
     """Train from ``base`` (a saved model folder, or the configured model) into ``folder/model``,
-    for ``steps`` (``{"max_steps", "epochs"}``: the round's, or the warm-up's).
+    for ``steps`` (``{"max_steps", "epochs"}``: the round's, or the warm-up's), with ``loggers``
+    beside the CSV log (the loop's W&B step mirror).
 
     A ``model_in`` link to ``base`` is left in ``folder``, so that ``cem train
     run_dir=<folder>`` re-runs this stage alone.
@@ -238,8 +274,7 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
         link = folder / "model_in"
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
-    job = job_config(TrainJob, cfg, folder, train=steps)
-    m = train_round(job, folder, base)
+    m = train_round(train_job(cfg, folder, steps, warmup), folder, base, loggers)
     keys = (
         "steps",
         "loss_first",

@@ -126,8 +126,12 @@ def _tokens(folder: Path) -> dict[str, int]:
     (``trained_tokens``)."""
     path = folder / "train_set" / "stats.json"
     t = read_json(path)["tokens"] if path.is_file() else {}
+    m = folder / "train" / "metrics.json"
+    reached = read_json(m) if m.is_file() else {}
     return {**{f"{k}_tokens": int(t.get(k, 0)) for k in ("cpt", "cit", "replay")},
-            "trained_tokens": trained_tokens(folder)}  # fmt: skip
+            "trained_tokens": trained_tokens(folder),
+            "rows_reached": reached.get("rows_reached"), "rows_total": reached.get("rows_total"),
+            "epoch_losses": reached.get("epoch_losses")}  # fmt: skip
 
 
 def trained_tokens(folder: Path) -> dict[str, int]:

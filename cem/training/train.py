@@ -5,7 +5,7 @@ Layout of a run directory (METHOD.md, step 6)::
     D/model_in/        the model to train, when the loop put one there (else ``model``)
     D/train_set/       train.parquet, from ``cem build``
     D/checkpoints/     last.ckpt every ``train.checkpoint_every_n_steps``; a re-run resumes
-    D/train_logs/      CSV logs, one version_N per run
+    D/train_logs/      CSV logs, one version_N per start (a resumed run adds one)
     D/train/           metrics.json
     D/model/           the merged model (safetensors + tokenizer), written atomically
 """
@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -94,13 +95,14 @@ def run_train(cfg: DictConfig) -> dict:
     return train_round(cfg, run_dir, base if base.exists() else None)
 
 
-def train_round(cfg: DictConfig, run_dir: Path, base: Path | None) -> dict:
+def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequence = ()) -> dict:
     """Train on ``run_dir/train_set/train.parquet``; save the merged model to ``run_dir/model``.
 
     Args:
         cfg: a composed ``TrainJob``.
         run_dir: the round's folder.
         base: a saved model folder to start from; None starts from ``cfg.model``.
+        loggers: Lightning loggers beside the CSV log (``cem run``'s W&B step mirror).
     """
     import lightning as L
 
@@ -119,7 +121,7 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None) -> dict:
     module = CemLM(model, weights, t.lr, t.weight_decay, t.schedule, t.warmup_ratio)
     data = TrainDataModule(data_path, tokenizer, t.seq_len, t.batch_size, t.pack, t.seed)
     remove_stale(run_dir)  # temp files of a write that a kill cut short
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, loggers)
     ckpt = usable_checkpoint(run_dir / CKPT)
     trained, total = trainable_share(model)
     console.print(
@@ -176,8 +178,9 @@ def epoch_loss_text(epochs: list[dict]) -> str:
     return f"epoch-mean loss {first['loss']:.3f} -> {last['loss']:.3f}{kinds}"
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path):
-    """The ``trainer`` group's Lightning Trainer, with this job's steps, callbacks and logger."""
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence = ()):
+    """The ``trainer`` group's Lightning Trainer, with this job's steps and callbacks, the CSV
+    log (``train_logs/version_<n>/metrics.csv``, one version per start) and ``loggers``."""
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -205,7 +208,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         accumulate_grad_batches=t.grad_accum,
         callbacks=callbacks,
         plugins=None if sharded else [AtomicCheckpointIO()],
-        logger=CSVLogger(save_dir=run_dir, name=LOGS),
+        # Lightning saves every logger after each log call, so the CSV on disk holds every
+        # step logged so far: what a continued run's W&B mirror replays (cem.loop.mirror).
+        logger=[CSVLogger(save_dir=run_dir, name=LOGS), *loggers],
         enable_checkpointing=True,
         default_root_dir=run_dir,
         # The data module deals batches to ranks itself (phase order, resumable).
