@@ -225,7 +225,7 @@ def test_llm_questions_need_the_extractor_model(root):
         build(root, LLM, "instructions.extractive.llm_max_new_tokens=0")
     msg = str(err.value)
     assert (
-        "knowledge.extractor_model must name an instruct model (or a local folder) for "
+        "knowledge.extractor_model must name an instruct model for "
         "instructions.extractive.question_source=llm (try knowledge.extractor_model="
     ) in msg
     assert "or instructions.extractive.question_source=cloze)" in msg

@@ -157,7 +157,9 @@ sys.exit(main(["run", *sys.argv[1:]]))
 def test_ctrl_c_outside_training_is_one_line_and_130(tmp_path):
     root = tmp_path / "run"
     args = [f"run_dir={root}", "experiment=fast", "eval.progress=false"]
-    stopped = subprocess.run([sys.executable, "-c", INTERRUPTED_EVAL, *args], env=env(),
+    # A share cache of its own: round 0 must be scored here, not taken from another test's.
+    fresh = {**env(), "CEM_SHARE_CACHE": str(tmp_path / "share")}
+    stopped = subprocess.run([sys.executable, "-c", INTERRUPTED_EVAL, *args], env=fresh,
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr + stopped.stdout

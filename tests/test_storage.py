@@ -99,8 +99,10 @@ def test_a_failed_write_inside_a_signal_free_section_leaves_no_temp(tmp_path):
 def test_cem_run_on_a_full_disk_stops_with_one_line_and_a_clean_folder(tmp_path):
     with tmpfs(tmp_path / f"disk-{uuid.uuid4().hex[:6]}", "1m") as disk:
         root = disk / "run"
+        # A share cache of its own (off the small disk): every stage writes under root.
+        fresh = {**os.environ, "CEM_SHARE_CACHE": str(tmp_path / "share")}
         done = subprocess.run([sys.executable, "-m", "cem.cli", "run", f"run_dir={root}",
-                               "experiment=fast", "eval.progress=false"],
+                               "experiment=fast", "eval.progress=false"], env=fresh,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         assert done.returncode == 2, done.stderr[-3000:]
         assert "Traceback" not in done.stderr and "Logging error" not in done.stderr

@@ -96,10 +96,9 @@ def check_build(cfg: DictConfig) -> list[str]:
     e = cfg.instructions.extractive
     if e.enabled and e.question_source == "llm" and not cfg.knowledge.extractor_model:
         problems.append(
-            "knowledge.extractor_model must name an instruct model (or a local folder) for "
-            "instructions.extractive.question_source=llm (try "
-            "knowledge.extractor_model=Qwen/Qwen2-7B-Instruct or "
-            "instructions.extractive.question_source=cloze)"
+            "knowledge.extractor_model must name an instruct model for "
+            "instructions.extractive.question_source=llm (try knowledge.extractor_model="
+            "Qwen/Qwen2-7B-Instruct or instructions.extractive.question_source=cloze)"
         )
     if mix.max_tokens is not None:
         problems.append(at_least("mix.max_tokens", mix.max_tokens, 1, 100000))
