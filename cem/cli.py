@@ -120,6 +120,9 @@ def run_hydra(command: str, overrides: list[str]) -> None:
     task = _load(HYDRA_COMMANDS[command][0])
 
     def _app(cfg: DictConfig) -> None:
+        # A launcher may run this in a process of its own (submitit on a SLURM node), which
+        # installed its requeue handler before calling it.
+        signals.install()
         try:
             task(cfg)
         except CemError as e:
@@ -134,6 +137,11 @@ def run_hydra(command: str, overrides: list[str]) -> None:
             print(f"cem {command}: error: {first or msg}", file=sys.stderr)
             sys.exit(2)
         except signals.Interrupted as e:
+            if e.signum in signals.LAUNCHER_SIGNALS:
+                print(f"cem {command}: {stopped(e)}: the job's time limit is near; the launcher "
+                      "requeues it and the requeued job continues from here", file=sys.stderr)  # fmt: skip
+                _finish_wandb()
+                signals.requeue(e)  # exits when it requeues
             print(f"cem {command}: {stopped(e)}. {resume_hint(command, overrides, cfg)}",
                   file=sys.stderr)  # fmt: skip
             sys.exit(e.exit_code)

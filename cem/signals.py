@@ -6,6 +6,12 @@ checkpoint) the signal waits until the write is complete; inside ``graceful()`` 
 it is only recorded, and the training callback stops at the end of the current batch after
 saving a checkpoint. The CLI turns ``Interrupted`` into one line and exit status 128 + the
 signal's number (143 for SIGTERM, 130 for SIGINT), as a shell reports a killed command.
+
+A launcher that requeues jobs near their time limit (submitit, behind
+``hydra/launcher=slurm``: SLURM sends SIGUSR2 ``signal_delay_s`` before the limit) has its
+handler installed when the job starts. ``install`` then takes that signal too: it stops
+the command at the same safe points, and ``requeue`` hands it on to the launcher's
+handler, which requeues the job and exits; the requeued job resumes from its stage.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Where launchers put their time-limit signal (submitit: SIGUSR2 unless
+# SUBMITIT_PREEMPT_SIGNAL says otherwise).
+LAUNCHER_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(BaseException):  # noqa: N818 - a stop, not an error
@@ -42,18 +51,36 @@ class _State:
     pending: int | None = None
     deferred = 0
     graceful = 0
+    launcher: dict[int, Callable] = {}  # noqa: RUF012 - the one instance's, set by install
 
 
 _state = _State()
 
 
 def install() -> None:
-    """Handle SIGTERM and SIGINT in this process (main thread only; elsewhere a no-op)."""
+    """Handle SIGTERM and SIGINT in this process (main thread only; elsewhere a no-op), and
+    a launcher's time-limit signal where a launcher has set a handler for it."""
     if threading.current_thread() is not threading.main_thread():
         return
     _state.pending, _state.deferred, _state.graceful = None, 0, 0
     for signum in SIGNALS:
         signal.signal(signum, _handler)
+    for signum in LAUNCHER_SIGNALS:
+        previous = signal.getsignal(signum)
+        if callable(previous) and previous is not _handler:
+            _state.launcher[int(signum)] = previous
+            signal.signal(signum, _handler)
+
+
+def requeue(e: Interrupted) -> bool:
+    """Hand a launcher's time-limit signal back to the launcher's handler, which requeues
+    the job and exits (submitit: ``scontrol requeue``, then ``sys.exit``; it raises when
+    the job may not be requeued again). False when ``e`` is no launcher's signal."""
+    handler = _state.launcher.get(e.signum)
+    if handler is None:
+        return False
+    handler(e.signum, None)
+    return True
 
 
 def _handler(signum: int, frame: object) -> None:

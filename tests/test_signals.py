@@ -169,3 +169,60 @@ def test_ctrl_c_outside_training_is_one_line_and_130(tmp_path):
     )
     assert not (root / "round_0/done/eval.json").exists()
     assert not (root / "summary.json").exists()
+
+
+# `cem train` started the way a requeueing launcher starts a job: the launcher's handler for
+# its time-limit signal is in place first (submitit's requeues the job, then exits with -1;
+# this one records its call instead of calling scontrol). The module's hook then sends that
+# signal after step 2.
+LAUNCHED = """
+import os, signal, sys
+from pathlib import Path
+from cem.training.module import CemLM
+from cem.cli import main
+
+record, rest = Path(sys.argv[1]), sys.argv[2:]
+
+def launcher_requeue(signum, frame):
+    record.write_text(signal.Signals(signum).name)
+    sys.exit(-1)
+
+signal.signal(signal.SIGUSR2, launcher_requeue)
+hook = CemLM.on_train_batch_end
+
+def send(self, *args):
+    hook(self, *args)
+    if self.global_step == 2:
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+CemLM.on_train_batch_end = send
+sys.exit(main(["train", *rest]))
+"""
+
+
+@pytest.mark.e2e
+def test_a_launchers_time_limit_signal_checkpoints_then_requeues(tmp_path, references):
+    write_set(tmp_path, small_set())
+    record = tmp_path / "requeued.txt"
+    args = [f"run_dir={tmp_path}", *TRAIN, "train.grad_accum=1", "train.checkpoint_every_n_steps=5"]
+    stopped = subprocess.run([sys.executable, "-c", LAUNCHED, str(record), *args], env=env(),
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    # The launcher's handler ran (and chose the exit status), after cem checkpointed the
+    # batch in flight when the signal came (step 3: the callbacks' batch end runs first).
+    assert record.read_text() == "SIGUSR2", stopped.stderr[-3000:]
+    assert stopped.returncode == 255, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert "time limit is near; the launcher requeues it" in stopped.stderr
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    # The requeued job is the same command: it resumes to an uninterrupted training's weights.
+    again = cem("train", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    a = load_file(tmp_path / "model/model.safetensors")
+    b = load_file(references[1] / "model/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_without_a_launcher_handler_the_user_signals_are_left_alone(handled):
+    assert signal.getsignal(signal.SIGUSR2) in (signal.SIG_DFL, signal.SIG_IGN)
+    assert signals.requeue(signals.Interrupted(signal.SIGUSR2)) is False
