@@ -260,9 +260,9 @@ def _loop(cfg: DictConfig, root: Path) -> dict:
     try:
         evaluate_round(cfg, root, 0, None, sets, shared=[])
         base, warm_key = warm_up(cfg, root, logger) if cfg.loop.warmup.enabled else (None, None)
-        if warm_key is not None:
+        if warm_key is not None:  # round 1 starts from the warm-up's model, shareable
             evaluate_round(cfg, root, 1, base, sets, shared=[warm_key])
-        reason = _rounds(cfg, root, base, sets, logger)
+        reason = _rounds(cfg, root, base, sets, logger, scored=warm_key is not None)
         stages.prune(root, cfg.loop.keep_models, final=True)
         summary = write_summary(root, cfg, reason, plot=True)
         share.register_run(root, cfg)
@@ -273,15 +273,17 @@ def _loop(cfg: DictConfig, root: Path) -> dict:
 
 
 def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str],
-            logger: RunLogger) -> str:  # fmt: skip
-    """Rounds 1, 2, ... until a stop reason, which is returned."""
+            logger: RunLogger, scored: bool = False) -> str:  # fmt: skip
+    """Rounds 1, 2, ... until a stop reason, which is returned; ``scored``: round 1's
+    eval is done already (after the warm-up)."""
     from cem.loop import diagnostics
 
     run = RunDir(root)
     accs: list[float] = []
     k = 1
     while True:
-        evaluate_round(cfg, root, k, base, sets)
+        if not (k == 1 and scored):
+            evaluate_round(cfg, root, k, base, sets)
         if k > 1:  # M_{k-1} is scored: round k-1's mistakes can be judged fixed or not
             d = diagnostics.write(root, k - 1)
             logger.log_mistakes(k - 1, run.round(k - 1).mistakes, d)
