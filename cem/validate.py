@@ -12,14 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
 from cem.benchmarks.world import TRANSFER_SETS as WORLD_TRANSFER
 from cem.errors import CemError
-from cem.knowledge.providers import check_web
 
 FORMULATIONS = ("mcf", "cf")
 MCF_TARGETS = ("letter", "text")
 EVAL_MODES = ("loglik", "generate")
 DTYPES = ("float32", "bfloat16", "float16")
-KEYPOINT_EXTRACTORS = ("rule", "llm")
-PASSAGE_MODES = ("mistakes", "random", "full")
 BASELINES = (
     "none",
     "random_cpt",
@@ -172,32 +169,6 @@ def validate(cfg: DictConfig, checks: dict[str, Callable[[DictConfig], list[str]
         raise ConfigInvalid(problems)
 
 
-def check_knowledge(k: DictConfig) -> list[str]:
-    problems = [
-        choice("knowledge.extractor", k.extractor, KEYPOINT_EXTRACTORS),
-        choice("knowledge.passages", k.passages, PASSAGE_MODES),
-        in_unit("knowledge.corpus_fraction", k.corpus_fraction, 0.2, open_low=True),
-        at_least("knowledge.queries_per_mistake", k.queries_per_mistake, 1, 2),
-        at_least("knowledge.top_k_per_mistake", k.top_k_per_mistake, 1, 3),
-        at_least("knowledge.passage_tokens", k.passage_tokens, 16, 256),
-        at_least("knowledge.leak_ngram", k.leak_ngram, 1, 13),
-        in_unit("knowledge.dedup_jaccard", k.dedup_jaccard, 0.8, open_low=True),
-    ]
-    if k.extractor == "llm" and not k.extractor_model:
-        problems.append(
-            "knowledge.extractor_model must name an instruct model for knowledge.extractor=llm "
-            "(the paper's, or a local folder) (try knowledge.extractor_model=Qwen/Qwen2-7B-Instruct)"
-        )
-    if not k.sources:
-        problems.append(
-            "knowledge.sources must list at least one source (try knowledge=wiki_offline)"
-        )
-    for i, s in enumerate(k.sources):
-        problems.append(at_least(f"knowledge.sources.{i}.top_k", s.top_k, 1, 5))
-    problems += check_web(k)  # provider, endpoint and key, before round 0 rather than in round 1
-    return [p for p in problems if p]
-
-
 def check_mistakes(m: DictConfig) -> list[str]:
     problems = [at_least("mistakes.margin_threshold", m.margin_threshold, 0, 0.5)]
     if m.max_mistakes is not None:
@@ -206,12 +177,6 @@ def check_mistakes(m: DictConfig) -> list[str]:
 
 
 EVAL_CHECKS = {"model": check_model, "benchmark": check_benchmark, "eval": check_eval}
-RETRIEVE_CHECKS = {
-    "model": check_model,
-    "benchmark": check_benchmark,
-    "knowledge": check_knowledge,
-    "mistakes": check_mistakes,
-}
 
 
 def check_loop(loop: DictConfig) -> list[str]:
@@ -255,15 +220,3 @@ def check_loop_eval(e: DictConfig) -> list[str]:
                     f"(try eval.sets=[{wanted}] or eval.sets=null)"
                 )
     return problems
-
-
-# Node-level checks of ``cem run``; cem.loop.run adds the build and train checks.
-RUN_CHECKS = {
-    "model": check_model,
-    "benchmark": check_benchmark,
-    "eval": check_loop_eval,
-    "knowledge": check_knowledge,
-    "mistakes": check_mistakes,
-    "loop": check_loop,
-    "logger": check_logger,
-}

@@ -199,7 +199,8 @@ def test_every_refusal_is_counted_in_stats_json_and_logged_and_the_round_goes_on
     write_jsonl(bench, [{"id": "q0", "question": q, "choices": c, "answer": a}
                         for q, c, a in items])  # fmt: skip
     records = [{"id": "q0", "set": "exam", "subject": "", "question": items[0][0],
-                "choices": items[0][1], "gold": 0, "pred": 1, "margin": 0.5, "correct": False}]  # fmt: skip
+                "choices": items[0][1], "gold": 0, "pred": 1, "pred_norm": 1, "scores": None,
+                "margin": 0.5, "correct": False, "correct_norm": False}]  # fmt: skip
     write_jsonl(tmp_path / "run" / "eval" / "records.jsonl", records)
     src = "knowledge.sources.0"
     register_configs()

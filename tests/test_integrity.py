@@ -12,6 +12,7 @@ from test_training import RESUME, compose_train, small_set, uninterrupted, write
 
 from cem.cli import main
 from cem.io import read_json, write_json, write_jsonl
+from cem.layout import RoundDir, read_marker
 from cem.loop import stages
 from cem.loop.verify import verify_run
 from cem.training.train import run_train
@@ -52,7 +53,7 @@ def test_a_stage_whose_files_changed_runs_again(tmp_path, capsys):
 def test_a_corrupt_marker_reruns_its_stage_and_stale_temps_go(tmp_path, capsys):
     calls: list[int] = []
     eval_stage(tmp_path, calls)
-    stages.marker(tmp_path, "eval").write_text('{"stage": "eval", "seco')  # truncated
+    RoundDir(tmp_path).marker("eval").write_text('{"stage": "eval", "seco')  # truncated
     stale = [tmp_path / "eval/.records.jsonl.x1.tmp", tmp_path / ".model.x2.tmp/model.bin"]
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,7 @@ def test_a_corrupt_marker_reruns_its_stage_and_stale_temps_go(tmp_path, capsys):
     assert calls == [1, 1] and "is not a done-marker (not valid JSON" in capsys.readouterr().err
     assert not any(p.exists() for p in stale) and not (tmp_path / ".model.x2.tmp").exists()
     assert keep.read_text() == "mine"
-    assert read_json(stages.marker(tmp_path, "eval"))["result"] == {"n": 1}
+    assert read_json(RoundDir(tmp_path).marker("eval"))["result"] == {"n": 1}
 
 
 def test_pruned_models_are_recorded_not_flagged(tmp_path):
@@ -73,12 +74,12 @@ def test_pruned_models_are_recorded_not_flagged(tmp_path):
         stages.run_stage(tmp_path / name, "train", lambda: None)
     stages.prune(tmp_path, "last")
     assert not (tmp_path / "warmup/model").exists()
-    assert stages.read_marker(tmp_path / "warmup", "train")["pruned"] == ["model"]
+    assert read_marker(tmp_path / "warmup", "train")["pruned"] == ["model"]
     assert all(not c.problems for c in verify_run(tmp_path))
     # Deleted by hand (not by prune): a problem.
     (tmp_path / "round_1/model/model.safetensors").unlink()
     [bad] = [c for c in verify_run(tmp_path) if c.problems]
-    assert bad.marker == stages.marker(tmp_path / "round_1", "train")
+    assert bad.marker == RoundDir(tmp_path / "round_1").marker("train")
 
 
 def test_cem_verify_names_the_bad_file(tmp_path, capsys):
@@ -86,7 +87,7 @@ def test_cem_verify_names_the_bad_file(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 0
     assert "1 of 1 stages verified (1 files); no problems" in capsys.readouterr().out
     flip_a_byte(tmp_path / "round_0/eval/records.jsonl", 3)
-    write_json(stages.marker(tmp_path / "round_1", "eval"), [1, 2])  # not a marker at all
+    write_json(RoundDir(tmp_path / "round_1").marker("eval"), [1, 2])  # not a marker at all
     assert main(["verify", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "BAD round_0/eval (1 files)" in out

@@ -4,6 +4,7 @@ with SIGKILL during training and resumed to the very same numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,10 +20,12 @@ from cem.cli import conf_dir
 from cem.config import register_configs
 from cem.errors import CemError
 from cem.io import read_json, read_jsonl, write_json, write_jsonl
+from cem.layout import RoundDir, read_marker
 from cem.loop import stages
 from cem.loop.plots import plot_summary
 from cem.loop.run import check_run, run_loop, stop_reason
 from cem.loop.summary import build_summary, efficiency, forgetting, gains, report
+from cem.records import EvalRecord
 
 
 def compose_run(*overrides: str):
@@ -66,7 +69,7 @@ def test_gains_split_into_schema_and_knowledge():
 
 def fake_eval(folder: Path, recs: list[dict], seconds: float = 1.0) -> None:
     write_jsonl(folder / "eval" / "records.jsonl", recs)
-    write_json(stages.marker(folder, "eval"), {"seconds": seconds, "cpu_seconds": 2 * seconds})
+    write_json(RoundDir(folder).marker("eval"), {"seconds": seconds, "cpu_seconds": 2 * seconds})
 
 
 def fake_train(folder: Path, cpt: int, cit: int, mistakes: int | None = None) -> None:
@@ -74,9 +77,9 @@ def fake_train(folder: Path, cpt: int, cit: int, mistakes: int | None = None) ->
         folder / "train_set" / "stats.json", {"tokens": {"cpt": cpt, "cit": cit, "replay": 0}}
     )
     for stage in ("build", "train"):
-        write_json(stages.marker(folder, stage), {"seconds": 2.0, "result": {}})
+        write_json(RoundDir(folder).marker(stage), {"seconds": 2.0, "result": {}})
     if mistakes is not None:
-        write_json(stages.marker(folder, "retrieve"),
+        write_json(RoundDir(folder).marker("retrieve"),
                    {"seconds": 3.0, "result": {"mistakes": mistakes, "passages": 5}})  # fmt: skip
 
 
@@ -143,7 +146,7 @@ def test_a_stage_runs_once_and_its_marker_is_written_last(tmp_path):
 
     with pytest.raises(RuntimeError):
         stages.run_stage(tmp_path, "train", crash)
-    assert stages.read_marker(tmp_path, "train") is None
+    assert read_marker(tmp_path, "train") is None
 
 
 def test_without_warm_up_round_1_reuses_round_0_scores(tmp_path):
@@ -159,9 +162,10 @@ def test_without_warm_up_round_1_reuses_round_0_scores(tmp_path):
 def test_stop_reasons():
     cfg = OmegaConf.create({"loop": {"rounds": 3, "patience": 1, "min_delta": 0.0},
                             "mistakes": {"margin_threshold": 0.0, "max_mistakes": None, "seed": 0}})  # fmt: skip
-    wrong = [{"set": "exam", "correct": False, "id": "e", "question": "q", "choices": ["a", "b"],
-              "gold": 0, "pred": 1}]  # fmt: skip
-    right = [{**wrong[0], "correct": True, "pred": 0}]
+    wrong = [EvalRecord(id="e", set="exam", subject="", question="q", choices=["a", "b"], gold=0,
+                        pred=1, pred_norm=1, scores=None, margin=None, correct=False,
+                        correct_norm=False)]  # fmt: skip
+    right = [dataclasses.replace(wrong[0], correct=True, pred=0)]
     assert stop_reason(cfg, 1, [0.5], wrong) is None
     assert stop_reason(cfg, 2, [0.5, 0.6], wrong) is None
     assert stop_reason(cfg, 3, [0.5, 0.6, 0.6], wrong) == "patience"
@@ -257,7 +261,7 @@ def test_loop_writes_every_file(fast_run):
     assert [p for p in superseded if (root / p).exists()] == []
     assert not (root / "round_3" / "mistakes").exists()  # the last folder scores the final model
     for stage in ("retrieve", "build", "train", "eval"):
-        assert stages.read_marker(root / "round_2", stage)["seconds"] > 0
+        assert read_marker(root / "round_2", stage)["seconds"] > 0
     assert read_json(root / "summary.json") == summary
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert summary["stopped"] == {"reason": "rounds", "round": 2}
@@ -374,8 +378,8 @@ def test_a_killed_run_resumes_to_the_same_results(fast_run, tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *args], env=env,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert stages.read_marker(root / "round_1", "build") is not None
-    assert stages.read_marker(root / "round_1", "train") is None
+    assert read_marker(root / "round_1", "build") is not None
+    assert read_marker(root / "round_1", "train") is None
     assert (root / "round_1/checkpoints/last.ckpt").is_file() and not (
         root / "round_1/model"
     ).exists()
@@ -407,7 +411,7 @@ def test_prune_keeps_what_a_later_stage_needs(tmp_path, keep, final, left):
         (tmp_path / name / "model").mkdir(parents=True)
         (tmp_path / name / "checkpoints").mkdir()
         if name != "round_3":  # round 3's training has not finished: its files stay
-            write_json(stages.marker(tmp_path / name, "train"), {"seconds": 1.0})
+            write_json(RoundDir(tmp_path / name).marker("train"), {"seconds": 1.0})
     stages.prune(tmp_path, keep, final=final)
     models = {p.parent.name for p in tmp_path.glob("*/model")}
     assert models == left | {"round_3"}

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from test_loop import FAST, compose_run
 
 from cem.io import read_json, read_jsonl, write_json
-from cem.loop import stages
+from cem.layout import RoundDir, read_marker
 from cem.loop.mirror import STEP, RunLogger, csv_steps, job_type, step_base
 
 
@@ -33,7 +33,7 @@ def write_log(folder: Path, version: int, steps: range, loss: float) -> None:
 
 
 def finished(folder: Path, steps: int) -> None:
-    write_json(stages.marker(folder, "train"), {"seconds": 1.0, "result": {"steps": steps}})
+    write_json(RoundDir(folder).marker("train"), {"seconds": 1.0, "result": {"steps": steps}})
 
 
 class FakeRun:
@@ -169,7 +169,7 @@ def test_offline_files_hold_every_step_once_on_one_axis(continued):
     )
     steps = [h for h in run.history if "train/loss" in h]
     folders = [root / "warmup", root / "round_1", root / "round_2"]
-    total = sum(stages.read_marker(f, "train")["result"]["steps"] for f in folders)
+    total = sum(read_marker(f, "train")["result"]["steps"] for f in folders)
     assert [h[STEP] for h in steps] == list(range(total))  # each once, rising
     expected = [(step_base(root, f) + s, r["train/loss"]) for f in folders
                 for s, r in csv_steps(f) if "train/loss" in r]  # fmt: skip

@@ -7,19 +7,14 @@ from omegaconf import OmegaConf
 from cem.config import MistakesConfig
 from cem.knowledge.keypoints import entities, llm_keypoints, parse_keywords, rule_keypoints
 from cem.knowledge.mistakes import select_mistakes
+from cem.records import EvalRecord
 
 
 def rec(i, set_="exam", correct=False, margin=1.0):
-    return {
-        "id": f"q{i}",
-        "set": set_,
-        "question": f"Q{i}?",
-        "choices": ["a", "b", "c", "d"],
-        "gold": 1,
-        "pred": 1 if correct else 2,
-        "margin": margin,
-        "correct": correct,
-    }
+    pred = 1 if correct else 2
+    return EvalRecord(id=f"q{i}", set=set_, subject="", question=f"Q{i}?",
+                      choices=["a", "b", "c", "d"], gold=1, pred=pred, pred_norm=pred,
+                      scores=None, margin=margin, correct=correct, correct_norm=correct)  # fmt: skip
 
 
 def cfg(**kw):
@@ -29,15 +24,15 @@ def cfg(**kw):
 def test_wrong_exam_items_only():
     records = [rec(0), rec(1, correct=True), rec(2, set_="test"), rec(3)]
     out = select_mistakes(records, cfg())
-    assert [m["id"] for m in out] == ["q0", "q3"]
-    assert out[0]["gold_text"] == "b" and out[0]["pred_text"] == "c" and out[0]["reason"] == "wrong"
+    assert [m.id for m in out] == ["q0", "q3"]
+    assert (out[0].gold_text, out[0].pred_text, out[0].reason) == ("b", "c", "wrong")
 
 
 def test_ambiguous_right_items_join_under_the_margin_threshold():
     records = [rec(0), rec(1, correct=True, margin=0.05), rec(2, correct=True, margin=0.9)]
     out = select_mistakes(records, cfg(margin_threshold=0.1))
-    assert [(m["id"], m["reason"]) for m in out] == [("q0", "wrong"), ("q1", "ambiguous")]
-    assert [m["id"] for m in select_mistakes(records, cfg())] == ["q0"]
+    assert [(m.id, m.reason) for m in out] == [("q0", "wrong"), ("q1", "ambiguous")]
+    assert [m.id for m in select_mistakes(records, cfg())] == ["q0"]
 
 
 def test_cap_is_seeded_and_keeps_order():
@@ -45,8 +40,8 @@ def test_cap_is_seeded_and_keeps_order():
     a = select_mistakes(records, cfg(max_mistakes=10, seed=1))
     b = select_mistakes(records, cfg(max_mistakes=10, seed=1))
     c = select_mistakes(records, cfg(max_mistakes=10, seed=2))
-    ids = [m["id"] for m in a]
-    assert ids == [m["id"] for m in b] and ids != [m["id"] for m in c]
+    ids = [m.id for m in a]
+    assert ids == [m.id for m in b] and ids != [m.id for m in c]
     assert len(ids) == 10 and ids == sorted(ids, key=lambda s: int(s[1:]))
 
 

@@ -221,8 +221,8 @@ def _retrieve(tmp_path: Path, api: FakeAPI, key: str, *extra: str) -> subprocess
                          "choices": ["Paris", "Lyon", "Nice", "Lille"], "answer": 0}])  # fmt: skip
     write_jsonl(tmp_path / "run" / "eval" / "records.jsonl", [
         {"id": "q0", "set": "exam", "subject": "", "question": "What is the capital of France?",
-         "choices": ["Paris", "Lyon", "Nice", "Lille"], "gold": 0, "pred": 1, "margin": 0.5,
-         "correct": False}])  # fmt: skip
+         "choices": ["Paris", "Lyon", "Nice", "Lille"], "gold": 0, "pred": 1, "pred_norm": 1,
+         "scores": None, "margin": 0.5, "correct": False, "correct_norm": False}])  # fmt: skip
     s = "knowledge.sources.0"
     env = os.environ | {KEY_ENV: key, "CEM_CACHE": str(tmp_path / "cache")}
     return subprocess.run([

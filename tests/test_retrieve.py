@@ -45,7 +45,8 @@ def run(tmp_path):
         correct = i == 2
         records.append({"id": f"q{i}", "set": "exam", "subject": "", "question": q, "choices": c,
                         "gold": a, "pred": a if correct else (a + 1) % 4,
-                        "margin": 0.05 if correct else 0.5, "correct": correct})  # fmt: skip
+                        "pred_norm": a, "scores": None, "margin": 0.05 if correct else 0.5,
+                        "correct": correct, "correct_norm": True})  # fmt: skip
     write_jsonl(tmp_path / "run" / "eval" / "records.jsonl", records)
     return tmp_path, bench, corpus
 

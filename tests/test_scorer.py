@@ -6,8 +6,9 @@ import pytest
 import torch
 from _tiny import tiny_model, tiny_tokenizer
 
+from cem.benchmarks.schema import Request
 from cem.errors import CemError
-from cem.evaluation.scorer import Request, build_units, score_requests, score_requests_full
+from cem.evaluation.scorer import build_units, score_requests, score_requests_full
 
 REQUESTS = [
     Request("Question: What is the capital of France?\nAnswer:", [" Paris", " Lyon", " Marseille"]),

@@ -12,8 +12,9 @@ import cem.evaluation.evaluate as ev
 from cem.cli import conf_dir
 from cem.config import register_configs
 from cem.evaluation.runner import run_eval
-from cem.evaluation.stream import PARTIAL, PartialRecords, score_in_chunks
+from cem.evaluation.stream import PartialRecords, score_in_chunks
 from cem.io import read_jsonl
+from cem.layout import RoundDir
 
 
 class Item:
@@ -27,7 +28,8 @@ def fake_score(chunk):
 
 def test_finished_chunks_are_resumed_and_a_torn_one_is_scored_again(tmp_path):
     items = [Item(i) for i in range(10)]
-    partial = PartialRecords(tmp_path, "fp")
+    path = RoundDir(tmp_path).partial_records
+    partial = PartialRecords(path, "fp")
     calls = []
 
     def stop_in_the_third(chunk):
@@ -44,8 +46,8 @@ def test_finished_chunks_are_resumed_and_a_torn_one_is_scored_again(tmp_path):
     records = score_in_chunks(items, 4, partial, lambda c: calls.append(c[0].id) or fake_score(c))
     assert calls == ["q8"] and records == fake_score(items)
     # Another fingerprint (another model or setting): nothing is taken from the file.
-    assert PartialRecords(tmp_path, "other").load([it.id for it in items]) == []
-    assert PartialRecords(tmp_path, "fp").load(["x"] * 10) == []  # other items
+    assert PartialRecords(path, "other").load([it.id for it in items]) == []
+    assert PartialRecords(path, "fp").load(["x"] * 10) == []  # other items
 
 
 def compose_eval(tmp_path, *overrides: str):
@@ -72,7 +74,7 @@ def test_an_interrupted_eval_resumes_to_the_same_records(tmp_path, monkeypatch, 
         write_items(folder)
     run_eval(compose_eval(ref))  # uninterrupted, with the same chunks
     expected = read_jsonl(ref / "eval/records.jsonl")
-    assert not (ref / "eval" / PARTIAL).exists()
+    assert not RoundDir(ref).partial_records.exists()
 
     score, seen = ev.score_loglik, []
 
@@ -85,14 +87,14 @@ def test_an_interrupted_eval_resumes_to_the_same_records(tmp_path, monkeypatch, 
     monkeypatch.setattr(ev, "score_loglik", stop_at_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_eval(compose_eval(tmp_path))
-    assert len(read_jsonl(tmp_path / "eval" / PARTIAL)) == 1 + 8 + 1 + 8 + 1  # 2 chunks kept
+    assert len(read_jsonl(RoundDir(tmp_path).partial_records)) == 1 + 8 + 1 + 8 + 1  # 2 chunks kept
     monkeypatch.setattr(ev, "score_loglik", score)
     run_eval(compose_eval(tmp_path))
     assert "resuming the evaluation: 16 of 20 questions scored" in capsys.readouterr().err
     assert read_jsonl(tmp_path / "eval/records.jsonl") == expected  # bit for bit
-    assert not (tmp_path / "eval" / PARTIAL).exists()
+    assert not RoundDir(tmp_path).partial_records.exists()
     # Another model (another seed of the random weights): scored from the start.
-    (tmp_path / "eval" / PARTIAL).write_text(
+    RoundDir(tmp_path).partial_records.write_text(
         (ref / "eval/records.jsonl").read_text()  # not even a partial file
     )
     run_eval(compose_eval(tmp_path, "seed=1"))

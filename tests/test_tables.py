@@ -429,6 +429,7 @@ def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch):
 def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
     from collections import Counter
 
+    from cem.layout import read_marker
     from cem.loop import stages
 
     monkeypatch.setenv("CEM_SHARE_CACHE", str(tmp_path / "share"))
@@ -450,7 +451,7 @@ def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
     assert calls == Counter({("eval_task", "round_0"): 1, ("warmup_build_task", "warmup"): 1,
                              ("train_task", "warmup"): 1, ("eval_task", "round_1"): 1,
                              ("train_task", "round_1"): 5, ("eval_task", "round_2"): 5})  # fmt: skip
-    shared = [j for j in jobs if "shared_from" in stages.read_marker(j.path / "round_0", "eval")]
+    shared = [j for j in jobs if "shared_from" in read_marker(j.path / "round_0", "eval")]
     assert len(shared) == 4
     records = {(j.path / "round_1/eval/records.jsonl").read_text() for j in jobs}
     assert len(records) == 1  # every job starts round 1 from the same scores

@@ -34,7 +34,7 @@ DDP_ARGS = ("model=tiny_random_llama", "trainer=ddp", "trainer.accelerator=cpu",
     "entry",
     [
         [str(Path(sys.executable).with_name("cem")), "train"],
-        [sys.executable, "-m", "cem.training.train"],
+        [sys.executable, "-m", "cem", "train"],
     ],
     ids=["cem_train", "python_m"],
 )

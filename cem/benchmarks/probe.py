@@ -32,7 +32,7 @@ class ProbePassage:
 
 
 def _words(text: str) -> list[str]:
-    from cem.knowledge.leak import tokens  # normalised words, as the leak guard reads text
+    from cem.text import tokens  # normalised words, as the leak guard reads text
 
     return tokens(text)
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import re
 
-from cem.benchmarks.schema import LETTERS, MCItem
-from cem.evaluation.scorer import Request
+from cem.benchmarks.schema import LETTERS, MCItem, Request
 
 # Xiezhi writes the blank as five underscores, C-Eval and some Xiezhi rows as four.
 BLANK = re.compile(r"_{3,}")

@@ -1,4 +1,5 @@
-"""One record schema for every multiple-choice item, whatever file it came from."""
+"""One record schema for every multiple-choice item, whatever file it came from, and the
+scoring request a prompt formulation makes of it."""
 
 from __future__ import annotations
 
@@ -45,3 +46,16 @@ class MCItem:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MCItem:
         return cls(**d)
+
+
+@dataclass
+class Request:
+    """One question: a context and the continuations to score after it.
+
+    Attributes:
+        context: the prompt, e.g. "Question: ...\\nAnswer:".
+        continuations: the options as scored text, e.g. [" A", " B"] or [" Paris", " Lyon"].
+    """
+
+    context: str
+    continuations: list[str]

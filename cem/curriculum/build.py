@@ -25,6 +25,8 @@ from cem.errors import CemError, DataError
 from cem.io import iter_jsonl
 from cem.knowledge.leak import guard_pairs
 from cem.knowledge.types import Passage
+from cem.layout import RoundDir, write_stage_config
+from cem.records import Mistake, read_records
 from cem.validate import (
     ConfigInvalid,
     at_least,
@@ -39,8 +41,6 @@ PROTOCOLS = ("heldout", "retest")
 FORMULATIONS = ("cf", "mcf")
 QUESTION_SOURCES = ("cloze", "llm")
 GENERAL_FORMATS = ("alpaca", "sharegpt")
-MISTAKES, KNOWLEDGE = "mistakes/mistakes.jsonl", "knowledge/knowledge.jsonl"
-TRAIN, STATS, RECORDS = "train_set/train.parquet", "train_set/stats.json", "eval/records.jsonl"
 
 
 def check_instructions(ins: DictConfig) -> list[str]:
@@ -133,24 +133,23 @@ def read_passages(path: Path) -> list[Passage]:
 
 
 def read_mistakes(path: Path) -> list[dict]:
-    return _read_records(path, ("id", "question", "gold_text"))
+    """The round's mistakes, each checked as a ``Mistake``; the row builders read them as
+    mappings."""
+    return [m.to_json() for m in read_records(path, Mistake)]
 
 
 def load_inputs(run_dir: Path, cfg: DictConfig) -> tuple[list[dict], list[Passage]]:
     """This round's mistakes and passages; under ``cit_only`` either may be missing."""
-    found = {}
-    for rel in (MISTAKES, KNOWLEDGE):
-        path = run_dir / rel
-        if path.is_file():
-            found[rel] = path
-        elif cfg.paradigm.name != "cit_only":
+    folder = RoundDir(run_dir)
+    for path in (folder.mistakes, folder.knowledge):
+        if not path.is_file() and cfg.paradigm.name != "cit_only":
             raise CemError(
                 f"{path} not found: paradigm={cfg.paradigm.name} with mix.cit_ratio="
                 f"{cfg.mix.cit_ratio} needs the mistakes and their CPT text; run "
                 f"`cem retrieve run_dir={run_dir}` first (or build with paradigm=cit_only)"
             )
-    mistakes = read_mistakes(found[MISTAKES]) if MISTAKES in found else []
-    passages = read_passages(found[KNOWLEDGE]) if KNOWLEDGE in found else []
+    mistakes = read_mistakes(folder.mistakes) if folder.mistakes.is_file() else []
+    passages = read_passages(folder.knowledge) if folder.knowledge.is_file() else []
     return mistakes, passages
 
 
@@ -169,18 +168,18 @@ def load_earlier(folders: Sequence[str | Path], need_rows: bool) -> list[Earlier
     import pyarrow.parquet as pq
 
     out = []
-    for folder in map(Path, folders):
-        e = Earlier(folder)
-        if (folder / KNOWLEDGE).is_file():
-            e.passages = read_passages(folder / KNOWLEDGE)
-        if (folder / MISTAKES).is_file():
-            e.mistakes = read_mistakes(folder / MISTAKES)
-        if (folder / TRAIN).is_file():
-            e.rows = pq.read_table(folder / TRAIN).to_pylist()
+    for path in map(Path, folders):
+        e, folder = Earlier(path), RoundDir(path)
+        if folder.knowledge.is_file():
+            e.passages = read_passages(folder.knowledge)
+        if folder.mistakes.is_file():
+            e.mistakes = read_mistakes(folder.mistakes)
+        if folder.train_set.is_file():
+            e.rows = pq.read_table(folder.train_set).to_pylist()
         elif need_rows:
             raise CemError(
-                f"{folder / TRAIN} not found: replay.fraction>0 replays earlier rounds' "
-                f"rows; run `cem build run_dir={folder}` first (or replay=none)"
+                f"{folder.train_set} not found: replay.fraction>0 replays earlier rounds' "
+                f"rows; run `cem build run_dir={path}` first (or replay=none)"
             )
         out.append(e)
     return out
@@ -227,10 +226,11 @@ def write_train_set(run_dir: Path, rows: Sequence[Row], stats: dict) -> Path:
     )
     table = pa.Table.from_pylist([r.to_dict() for r in rows], schema=schema)
     assert tuple(table.column_names) == COLUMNS
-    with atomic_open(run_dir / TRAIN, "wb") as fh:
+    folder = RoundDir(run_dir)
+    with atomic_open(folder.train_set, "wb") as fh:
         pq.write_table(table, fh)
-    write_json(run_dir / STATS, stats)
-    return run_dir / TRAIN
+    write_json(folder.train_set_stats, stats)
+    return folder.train_set
 
 
 def kind_stats(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
@@ -253,7 +253,7 @@ def correct_item_rows(run_dir: Path, sets: dict, cfg: DictConfig) -> list[Row]:
     from cem.curriculum.normative import normative_rows
     from cem.io import read_jsonl
 
-    path = run_dir / RECORDS
+    path = RoundDir(run_dir).records
     if cfg.replay.correct_items == 0 or not path.is_file():
         return []
     right = {r["id"] for r in read_jsonl(path) if r.get("set") == "pool" and r.get("correct")}
@@ -390,6 +390,7 @@ def run_build(
     stats = _stats(cfg, rows, budget, cit, drops, earlier, passages, mistakes)
     stats.update(extractive_counts)  # per fact, before the leak guard and mixing
     path = write_train_set(run_dir, rows, stats)
+    write_stage_config(run_dir, "build", cfg)
     console.print(
         f"[bold]cem build[/] round {cfg.round}: {len(rows)} rows, "
         f"{stats['tokens']['total']} tokens, cit_ratio={stats['cit_ratio']}, "

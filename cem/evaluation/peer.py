@@ -6,7 +6,7 @@ test (tests/test_lm_eval_parity.py) and the throughput benchmark (benchmarks/ben
 
 from __future__ import annotations
 
-from cem.evaluation.scorer import Request
+from cem.benchmarks.schema import Request
 
 LETTERS = "ABCD"
 

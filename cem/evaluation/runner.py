@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from cem.benchmarks.registry import load_benchmark, select_sets
 from cem.config import resolve_run_dir
 from cem.io import remove_stale, write_json, write_jsonl
+from cem.layout import RoundDir, write_stage_config
 from cem.ui import console, metrics_table
 from cem.validate import EVAL_CHECKS, validate
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
-    """Validate, load, score and write ``<run_dir>/eval/{records.jsonl,metrics.json}``.
+    """Validate, load, score and write ``<run_dir>/eval/`` (records, metrics, its config).
 
     Args:
         cfg: a composed ``EvalJob`` (``conf/eval.yaml``).
@@ -35,7 +36,8 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     from cem.evaluation.stream import PartialRecords, fingerprint
     from cem.models import load_model
 
-    out = (run_dir or resolve_run_dir(cfg)) / "eval"
+    folder = RoundDir(run_dir or resolve_run_dir(cfg))
+    out = folder.eval
     remove_stale(out)  # temp files of a write that a kill cut short
     sets = select_sets(
         load_benchmark(cfg.benchmark),
@@ -50,7 +52,8 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     model, tokenizer = load_model(cfg.model, seed=cfg.seed)
     t1 = time.perf_counter()
     # More than one chunk: keep each finished chunk, so that a stop loses one chunk at most.
-    partial = PartialRecords(out, fingerprint(cfg, n)) if n > cfg.eval.chunk_size else None
+    chunked = n > cfg.eval.chunk_size
+    partial = PartialRecords(folder.partial_records, fingerprint(cfg, n)) if chunked else None
     records = evaluate(
         model, tokenizer, sets, cfg.eval, cfg.benchmark, cfg.model.max_length, partial
     )
@@ -61,16 +64,16 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
         from cem.evaluation.probe import general_nll
 
         probe = general_nll(model, tokenizer, probe_passages())
-        write_json(out / "general.json", probe)
+        write_json(folder.general, probe)
         console.print(f"general probe: {probe['general_nll']:.4f} NLL per token "
                       f"({probe['tokens']} tokens of {probe['passages']} passages)")  # fmt: skip
     t3 = time.perf_counter()
-    write_jsonl(out / "records.jsonl", records)
+    write_jsonl(folder.records, records)
     if partial is not None:
         partial.remove()
-    write_json(out / "metrics.json", metrics)
+    write_json(folder.eval_metrics, metrics)
     write_json(
-        out / "timing.json",
+        folder.eval_timing,
         {
             "load_s": t1 - t0,
             "score_s": t2 - t1,
@@ -78,6 +81,7 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
             "questions_per_s": n / max(t2 - t1, 1e-9),
         },  # fmt: skip
     )
+    write_stage_config(folder, "eval", cfg)
     console.print(metrics_table(metrics, title=f"{cfg.model.name} · {cfg.benchmark.name}"))
     console.print(
         f"scored {n} questions in {t2 - t1:.1f}s ({n / max(t2 - t1, 1e-9):.1f}/s); wrote {out}"

@@ -31,25 +31,13 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from cem.benchmarks.schema import Request
 from cem.errors import CemError
 
 # A batch closes early rather than pad more than 10% over its real tokens.
 _PAD_SLACK = 1.1
 # Below this many tokens, a prefix common to a batch is not worth its own forward pass.
 _MIN_SHARED = 8
-
-
-@dataclass
-class Request:
-    """One question: a context and the continuations to score after it.
-
-    Attributes:
-        context: the prompt, e.g. "Question: ...\\nAnswer:".
-        continuations: the options as scored text, e.g. [" A", " B"] or [" Paris", " Lyon"].
-    """
-
-    context: str
-    continuations: list[str]
 
 
 @dataclass

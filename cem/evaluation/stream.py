@@ -23,7 +23,6 @@ from cem import signals
 from cem.io import ensure_dir, sha256_file, storage_errors
 from cem.ui import console
 
-PARTIAL = "records.partial.jsonl"
 WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
 
 
@@ -77,8 +76,8 @@ class PartialRecords:
     records followed by a ``{"chunk_end": n}`` line (records after the last one are a chunk
     that did not finish, and are dropped)."""
 
-    def __init__(self, folder: Path, fp: str):
-        self.path, self.fp = folder / PARTIAL, fp
+    def __init__(self, path: Path, fp: str):
+        self.path, self.fp = path, fp
 
     def load(self, ids: list[str]) -> list[dict]:
         """The records of the finished chunks, when they are this evaluation's; else none."""

@@ -14,21 +14,15 @@ batch at once; n-gram membership is a binary search in a sorted array.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-_NON_WORD = re.compile(r"[^\w\s]|_")
+from cem.text import tokens
+
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so no information is lost modulo 2**64
-
-
-def tokens(text: str) -> list[str]:
-    """Normalised tokens: NFKC, lowercase, punctuation stripped, split on whitespace."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).split()
 
 
 def normalize(text: str) -> str:

@@ -11,35 +11,19 @@ from collections.abc import Iterable
 
 from omegaconf import DictConfig
 
+from cem.records import EvalRecord, Mistake
+
 EXAM = "exam"
 
 
-def is_ambiguous(record: dict, threshold: float) -> bool:
+def is_ambiguous(record: EvalRecord, threshold: float) -> bool:
     """Right, but only just: the margin is known and under the threshold."""
-    margin = record.get("margin")
-    return bool(record["correct"]) and margin is not None and margin < threshold
+    return record.correct and record.margin is not None and record.margin < threshold
 
 
-def mistake_from_record(record: dict, reason: str) -> dict:
-    choices = record["choices"]
-    pred = record["pred"]
-    return {
-        "id": record["id"],
-        "set": record["set"],
-        "subject": record.get("subject", ""),
-        "question": record["question"],
-        "choices": choices,
-        "gold": record["gold"],
-        "gold_text": choices[record["gold"]],
-        "pred": pred,
-        "pred_text": choices[pred] if pred is not None else None,
-        "margin": record.get("margin"),
-        "reason": reason,
-        "meta": record.get("meta", {}),
-    }
-
-
-def select_mistakes(records: Iterable[dict], cfg: DictConfig, exam_set: str = EXAM) -> list[dict]:
+def select_mistakes(
+    records: Iterable[EvalRecord], cfg: DictConfig, exam_set: str = EXAM
+) -> list[Mistake]:
     """Mistakes of the exam set, in record order, capped to ``max_mistakes`` by a seeded draw.
 
     Args:
@@ -49,12 +33,12 @@ def select_mistakes(records: Iterable[dict], cfg: DictConfig, exam_set: str = EX
     """
     chosen = []
     for rec in records:
-        if rec["set"] != exam_set:
+        if rec.set != exam_set:
             continue
-        if not rec["correct"]:
-            chosen.append(mistake_from_record(rec, "wrong"))
+        if not rec.correct:
+            chosen.append(Mistake.of(rec, "wrong"))
         elif cfg.margin_threshold > 0 and is_ambiguous(rec, cfg.margin_threshold):
-            chosen.append(mistake_from_record(rec, "ambiguous"))
+            chosen.append(Mistake.of(rec, "ambiguous"))
     if cfg.max_mistakes is not None and len(chosen) > cfg.max_mistakes:
         keep = set(random.Random(cfg.seed).sample(range(len(chosen)), cfg.max_mistakes))
         chosen = [m for i, m in enumerate(chosen) if i in keep]

@@ -15,39 +15,85 @@ from omegaconf import DictConfig
 
 from cem.config import resolve_run_dir
 from cem.errors import CemError
-from cem.io import read_jsonl, write_json, write_jsonl
+from cem.io import write_json, write_jsonl
 from cem.knowledge.keypoints import KeyPoints, holds_answer, llm_keypoints, rule_keypoints
+from cem.knowledge.providers import check_web
 from cem.knowledge.types import Passage
-from cem.validate import RETRIEVE_CHECKS, validate
+from cem.layout import RoundDir, write_stage_config
+from cem.records import EvalRecord, Mistake, read_records, write_records
+from cem.validate import (
+    at_least,
+    check_benchmark,
+    check_mistakes,
+    check_model,
+    choice,
+    in_unit,
+    validate,
+)
+
+KEYPOINT_EXTRACTORS = ("rule", "llm")
+PASSAGE_MODES = ("mistakes", "random", "full")
 
 
-def read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "eval" / "records.jsonl"
+def check_knowledge(k: DictConfig) -> list[str]:
+    problems = [
+        choice("knowledge.extractor", k.extractor, KEYPOINT_EXTRACTORS),
+        choice("knowledge.passages", k.passages, PASSAGE_MODES),
+        in_unit("knowledge.corpus_fraction", k.corpus_fraction, 0.2, open_low=True),
+        at_least("knowledge.queries_per_mistake", k.queries_per_mistake, 1, 2),
+        at_least("knowledge.top_k_per_mistake", k.top_k_per_mistake, 1, 3),
+        at_least("knowledge.passage_tokens", k.passage_tokens, 16, 256),
+        at_least("knowledge.leak_ngram", k.leak_ngram, 1, 13),
+        in_unit("knowledge.dedup_jaccard", k.dedup_jaccard, 0.8, open_low=True),
+    ]
+    if k.extractor == "llm" and not k.extractor_model:
+        problems.append(
+            "knowledge.extractor_model must name an instruct model for knowledge.extractor=llm "
+            "(the paper's, or a local folder) (try knowledge.extractor_model=Qwen/Qwen2-7B-Instruct)"
+        )
+    if not k.sources:
+        problems.append(
+            "knowledge.sources must list at least one source (try knowledge=wiki_offline)"
+        )
+    for i, s in enumerate(k.sources):
+        problems.append(at_least(f"knowledge.sources.{i}.top_k", s.top_k, 1, 5))
+    problems += check_web(k)  # provider, endpoint and key, before round 0 rather than in round 1
+    return [p for p in problems if p]
+
+
+RETRIEVE_CHECKS = {
+    "model": check_model,
+    "benchmark": check_benchmark,
+    "knowledge": check_knowledge,
+    "mistakes": check_mistakes,
+}
+
+
+def read_eval(run_dir: Path) -> list[EvalRecord]:
+    path = RoundDir(run_dir).records
     if not path.exists():
         raise CemError(f"{path} not found: run `cem eval run_dir={run_dir}` first")
-    return read_jsonl(path)
+    return read_records(path, EvalRecord)
 
 
-def extract_keypoints(mistakes: list[dict], kcfg: DictConfig) -> list[KeyPoints]:
+def extract_keypoints(mistakes: list[Mistake], kcfg: DictConfig) -> list[KeyPoints]:
     """Knowledge points of each mistake with the configured extractor."""
     n = kcfg.queries_per_mistake
     if kcfg.extractor == "rule":
-        return [rule_keypoints(m["question"], m["gold_text"], n) for m in mistakes]
+        return [rule_keypoints(m.question, m.gold_text, n) for m in mistakes]
     replies = llm_replies(mistakes, kcfg)
     return [
-        llm_keypoints(reply, m["question"], m["gold_text"], n)
+        llm_keypoints(reply, m.question, m.gold_text, n)
         for m, reply in zip(mistakes, replies, strict=True)
     ]
 
 
-def llm_replies(mistakes: list[dict], kcfg: DictConfig) -> list[str]:
+def llm_replies(mistakes: list[Mistake], kcfg: DictConfig) -> list[str]:
     """Ask the extractor model for each mistake's keywords (greedy, batched)."""
     from cem.knowledge.keypoints import LLM_PROMPT
 
     generate = extractor_generate(kcfg.extractor_model, kcfg.extractor_max_new_tokens)
-    return generate(
-        [LLM_PROMPT.format(question=m["question"], answer=m["gold_text"]) for m in mistakes]
-    )
+    return generate([LLM_PROMPT.format(question=m.question, answer=m.gold_text) for m in mistakes])
 
 
 def extractor_generate(
@@ -84,13 +130,15 @@ def extractor_generate(
     return generate
 
 
-def retrieve_passages(source, mistakes: list[dict], kps: list[KeyPoints], k: int) -> list[Passage]:
+def retrieve_passages(
+    source, mistakes: list[Mistake], kps: list[KeyPoints], k: int
+) -> list[Passage]:
     """Every query of every mistake, searched once; each passage tagged with its mistake."""
     queries, owners = [], []
     for m, kp in zip(mistakes, kps, strict=True):
         for q in kp.queries:
             queries.append(q)
-            owners.append(m["id"])
+            owners.append(m.id)
     found = source.search(queries, k) if queries else []
     passages = []
     for owner, hits in zip(owners, found, strict=True):
@@ -100,30 +148,28 @@ def retrieve_passages(source, mistakes: list[dict], kps: list[KeyPoints], k: int
     return passages
 
 
-def record_guard_pairs(records: Iterable[dict], sets: dict) -> list[tuple[str, str]]:
+def record_guard_pairs(records: Iterable[EvalRecord], sets: dict) -> list[tuple[str, str]]:
     """The evaluation items of the benchmark (``leak.guard_pairs``) plus the scored records."""
-    from cem.knowledge.leak import guard_pairs as benchmark_pairs
+    from cem.knowledge.leak import guard_pairs
 
-    return [(r["question"], r["choices"][r["gold"]]) for r in records] + benchmark_pairs(sets)
+    return [(r.question, r.choices[r.gold]) for r in records] + guard_pairs(sets)
 
 
-def hit_rate(mistakes: list[dict], passages: list[Passage]) -> float:
+def hit_rate(mistakes: list[Mistake], passages: list[Passage]) -> float:
     """Share of mistakes whose gold answer one of their passages states (``holds_answer``)."""
     texts: dict[str, list[str]] = {}
     for p in passages:
         for mid in p.mistake_ids:
             texts.setdefault(mid, []).append(p.text)
-    hits = sum(
-        any(holds_answer(t, m["gold_text"]) for t in texts.get(m["id"], [])) for m in mistakes
-    )
+    hits = sum(any(holds_answer(t, m.gold_text) for t in texts.get(m.id, [])) for m in mistakes)
     return hits / len(mistakes) if mistakes else 0.0
 
 
-def write_mistakes(path: Path, mistakes: list[dict], kps: list[KeyPoints]) -> None:
-    rows = []
+def write_mistakes(path: Path, mistakes: list[Mistake], kps: list[KeyPoints]) -> None:
+    """The mistakes with their knowledge points (``Mistake.keywords``, ``queries``)."""
     for m, kp in zip(mistakes, kps, strict=True):
-        rows.append({**m, "keywords": kp.keywords, "queries": kp.queries, "extractor": kp.method})
-    write_jsonl(path, rows)
+        m.keywords, m.queries, m.extractor = kp.keywords, kp.queries, kp.method
+    write_records(path, mistakes)
 
 
 def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
@@ -145,10 +191,11 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     run_dir = run_dir or resolve_run_dir(cfg)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    records = read_records(run_dir)
+    records = read_eval(run_dir)
     mistakes = select_mistakes(records, cfg.mistakes)
     kps = extract_keypoints(mistakes, cfg.knowledge)
-    write_mistakes(run_dir / "mistakes" / "mistakes.jsonl", mistakes, kps)
+    folder = RoundDir(run_dir)
+    write_mistakes(folder.mistakes, mistakes, kps)
     seconds["mistakes"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -180,7 +227,7 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     stats = {
         "source": cfg.knowledge.name,
         "mistakes": len(mistakes),
-        "mistakes_by_reason": dict(Counter(m["reason"] for m in mistakes)),
+        "mistakes_by_reason": dict(Counter(m.reason for m in mistakes)),
         "extractor_fallbacks": sum(kp.method == "rule_fallback" for kp in kps),
         "queries": sum(len(kp.queries) for kp in kps),
         "passages": len(kept),
@@ -194,12 +241,12 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     }
     if baseline is not None:  # the CPT text is not the mistakes' passages but a baseline's
         stats["baseline"] = baseline
-    out = run_dir / "knowledge"
-    write_jsonl(out / "knowledge.jsonl", [p.to_dict() for p in kept])
-    write_json(out / "stats.json", stats)
+    write_jsonl(folder.knowledge, [p.to_dict() for p in kept])
+    write_json(folder.knowledge_stats, stats)
+    write_stage_config(folder, "retrieve", cfg)
     console.print(
         f"[bold]cem retrieve[/] {len(mistakes)} mistakes -> {len(kept)} passages from "
         f"{cfg.knowledge.name} (leak drops {clean['leak_dropped']}, duplicate drops "
-        f"{clean['dup_dropped']}); hit rate {stats['hit_rate']:.3f}; wrote {out}"
+        f"{clean['dup_dropped']}); hit rate {stats['hit_rate']:.3f}; wrote {folder.knowledge.parent}"
     )
     return stats

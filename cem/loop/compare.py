@@ -18,6 +18,7 @@ import numpy as np
 
 from cem.errors import CemError
 from cem.io import read_json, read_jsonl
+from cem.layout import RoundDir, RunDir
 
 EXAM, TEST = "exam", "test"
 
@@ -33,15 +34,15 @@ class RunItems:
     probe: tuple[list[float], list[float]] | None  # per-passage NLL per token: (ref, final)
 
 
-def _correct(folder: Path) -> dict[str, dict[str, bool]]:
+def _correct(folder: RoundDir) -> dict[str, dict[str, bool]]:
     out: dict[str, dict[str, bool]] = {}
-    for r in read_jsonl(folder / "records.jsonl"):
+    for r in read_jsonl(folder.records):
         out.setdefault(r["set"], {})[r["id"]] = bool(r["correct"])
     return out
 
 
-def _probe(folder: Path) -> list[float] | None:
-    path = folder / "general.json"
+def _probe(folder: RoundDir) -> list[float] | None:
+    path = folder.general
     if not path.is_file():
         return None
     return [p["nll_sum"] / p["tokens"] for p in read_json(path)["per_passage"] if p["tokens"]]
@@ -52,11 +53,12 @@ def load_items(path: Path, summary: dict) -> RunItems:
     ref_entry = summary["warmup"] if summary["reference"] == "warmup" else summary["rounds"][0]
     final_entry = summary["rounds"][-1]
     if "eval_dir" not in ref_entry or "eval_dir" not in final_entry:
-        raise CemError(f"{path / 'summary.json'} names no eval folders; re-run its job")
-    ref_dir, final_dir = path / ref_entry["eval_dir"], path / final_entry["eval_dir"]
+        raise CemError(f"{RunDir(path).summary} names no eval folders; re-run its job")
+    # eval_dir: the round folder's eval/, relative to the run
+    ref_dir, final_dir = (RoundDir((path / e["eval_dir"]).parent) for e in (ref_entry, final_entry))
     for d in (ref_dir, final_dir):
-        if not (d / "records.jsonl").is_file():
-            raise CemError(f"{d / 'records.jsonl'} not found: the run {path} is incomplete")
+        if not d.records.is_file():
+            raise CemError(f"{d.records} not found: the run {path} is incomplete")
     probes = (_probe(ref_dir), _probe(final_dir))
     return RunItems(path, int(summary["seed"]), _correct(ref_dir), _correct(final_dir),
                     probes if all(p is not None for p in probes) else None)  # fmt: skip

@@ -23,19 +23,19 @@ from pathlib import Path
 
 from cem.io import read_json, read_jsonl, write_json
 from cem.knowledge.keypoints import holds_answer
+from cem.layout import RoundDir, RunDir
 
-FILE = "diagnostics.json"
 GROUPS = ("hit_trained", "hit_not_trained", "no_hit")
 
 
-def _inputs(folder: Path, scored: Path) -> dict[str, Path]:
+def _inputs(folder: RoundDir, scored: RoundDir) -> dict[str, Path]:
     return {
-        "mistakes": folder / "mistakes" / "mistakes.jsonl",
-        "knowledge": folder / "knowledge" / "knowledge.jsonl",
-        "train_set": folder / "train_set" / "train.parquet",
-        "train": folder / "train" / "metrics.json",
-        "before": folder / "eval" / "records.jsonl",
-        "after": scored / "eval" / "records.jsonl",
+        "mistakes": folder.mistakes,
+        "knowledge": folder.knowledge,
+        "train_set": folder.train_set,
+        "train": folder.train_metrics,
+        "before": folder.records,
+        "after": scored.records,
     }
 
 
@@ -92,7 +92,7 @@ def build(root: Path, k: int) -> dict | None:
     """Round ``k``'s diagnostics, or None while its inputs are not all there."""
     import pyarrow.parquet as pq
 
-    paths = _inputs(root / f"round_{k}", root / f"round_{k + 1}")
+    paths = _inputs(RunDir(root).round(k), RunDir(root).round(k + 1))
     if not all(p.is_file() for p in paths.values()):
         return None
     after = {(r["set"], r["id"]): bool(r["correct"]) for r in read_jsonl(paths["after"])}
@@ -117,11 +117,11 @@ def write(root: Path, k: int) -> dict | None:
     """Build round ``k``'s diagnostics and write ``round_k/diagnostics.json``."""
     d = build(root, k)
     if d is not None:
-        write_json(root / f"round_{k}" / FILE, d)
+        write_json(RunDir(root).round(k).diagnostics, d)
     return d
 
 
 def load(root: Path, k: int) -> dict | None:
     """``round_k/diagnostics.json``, else built from the round's files (None if incomplete)."""
-    path = root / f"round_{k}" / FILE
+    path = RunDir(root).round(k).diagnostics
     return read_json(path) if path.is_file() else build(root, k)

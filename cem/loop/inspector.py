@@ -22,11 +22,16 @@ from pathlib import Path
 
 from cem.errors import CemError
 from cem.io import atomic_open, read_json, read_jsonl
+from cem.layout import INSPECT_PAGE, SUMMARY, RoundDir, RunDir
 
-PAGE = "inspect.html"
 TEMPLATE = "inspect.html.j2"
-# What makes a folder a `cem run` folder (cem.loop.run writes them all by round 1's eval).
-RUN_FILES = ("config.yaml", "summary.json", "round_0/eval/records.jsonl")
+
+
+def run_files(root: Path) -> list[Path]:
+    """What makes a folder a `cem run` folder (cem.loop.run writes them all by round 1's eval)."""
+    run = RunDir(root)
+    return [run.config, run.summary, run.round(0).records]
+
 
 Segments = list[tuple[str, bool]]  # text pieces; True: the gold answer
 
@@ -74,15 +79,16 @@ class MistakeRow:
 
 def check_run_dir(root: Path) -> None:
     """Raise ``CemError`` unless ``root`` is a ``cem run`` folder, saying what it lacks."""
-    missing = [name for name in RUN_FILES if not (root / name).is_file()]
+    expected = [p.relative_to(root).as_posix() for p in run_files(root)]
+    missing = [name for name in expected if not (root / name).is_file()]
     if not missing:
         return
-    runs = sorted(p.parent for p in root.glob("*/**/summary.json")) if root.is_dir() else []
+    runs = sorted(p.parent for p in root.glob(f"*/**/{SUMMARY}")) if root.is_dir() else []
     hint = (f"; it holds {len(runs)} run folder(s): inspect one, e.g. cem inspect {runs[0]}"
             if runs else "; give the run_dir of a `cem run`, e.g. runs/run/<time>")  # fmt: skip
     what = "is not a folder" if not root.is_dir() else f"lacks {', '.join(missing)}"
     raise CemError(
-        f"{root} is not a `cem run` folder: expected {', '.join(RUN_FILES)} and "
+        f"{root} is not a `cem run` folder: expected {', '.join(expected)} and "
         f"round_<k>/mistakes/ folders, as `cem run run_dir={root}` writes them; it {what}{hint}"
     )
 
@@ -117,25 +123,23 @@ def answer_text(record: dict) -> str:
 
 def exam_records(root: Path) -> dict[int, dict[str, dict]]:
     """``{j: {item id: record}}`` of the exam set, for every ``round_j/eval``."""
-    from cem.loop.stages import round_folders
-
     out = {}
-    for folder in round_folders(root):
-        path = folder / "eval" / "records.jsonl"
+    for folder in RunDir(root).rounds():
+        path = folder.records
         if path.is_file():
-            out[int(folder.name[6:])] = {r["id"]: r for r in read_jsonl(path) if r["set"] == "exam"}
+            out[folder.index] = {r["id"]: r for r in read_jsonl(path) if r["set"] == "exam"}
     return out
 
 
-def train_rows(folder: Path) -> dict[str, list[tuple[dict, bool]]]:
+def train_rows(folder: RoundDir) -> dict[str, list[tuple[dict, bool]]]:
     """The round's training rows by the ids they were made from (``source_ids``), each with
     whether an optimizer step reached it; replayed rows belong to earlier rounds."""
     import pyarrow.parquet as pq
 
-    path = folder / "train_set" / "train.parquet"
+    path = folder.train_set
     if not path.is_file():
         return {}
-    metrics = folder / "train" / "metrics.json"
+    metrics = folder.train_metrics
     reached = set(read_json(metrics).get("reached_rows", [])) if metrics.is_file() else set()
     rows = pq.read_table(path, columns=["prompt", "response", "kind", "source_ids"]).to_pylist()
     out: dict[str, list[tuple[dict, bool]]] = {}
@@ -150,8 +154,8 @@ def round_rows(root: Path, k: int, evals: dict[int, dict[str, dict]]) -> list[Mi
     """One ``MistakeRow`` per exam mistake of round ``k``, in the mistakes file's order."""
     from cem.loop import diagnostics
 
-    folder = root / f"round_{k}"
-    knowledge = folder / "knowledge" / "knowledge.jsonl"
+    folder = RunDir(root).round(k)
+    knowledge = folder.knowledge
     passages: dict[str, list[dict]] = {}
     for p in read_jsonl(knowledge) if knowledge.is_file() else []:
         for mid in p.get("mistake_ids") or []:
@@ -161,7 +165,7 @@ def round_rows(root: Path, k: int, evals: dict[int, dict[str, dict]]) -> list[Mi
     flags = {f["id"]: f for f in d["per_mistake"]} if d else {}
     later = [(j, recs) for j, recs in sorted(evals.items()) if j > k]
     rows = []
-    for m in read_jsonl(folder / "mistakes" / "mistakes.jsonl"):
+    for m in read_jsonl(folder.mistakes):
         if m["set"] == "exam":
             found = passages.get(m["id"], [])
             rows.append(mistake_row(k, m, found, items.get(m["id"], []), flags.get(m["id"]), later))
@@ -210,13 +214,11 @@ def render(root: Path) -> str:
     """The page of the run in ``root`` (checked with ``check_run_dir``)."""
     import jinja2
 
-    from cem.loop.stages import round_folders
-
-    summary = read_json(root / "summary.json")
+    summary = read_json(RunDir(root).summary)
     evals = exam_records(root)
-    rows = [row for f in round_folders(root)
-            if f.name != "round_0" and (f / "mistakes" / "mistakes.jsonl").is_file()
-            for row in round_rows(root, int(f.name[6:]), evals)]  # fmt: skip
+    rows = [row for f in RunDir(root).rounds()
+            if f.index != 0 and f.mistakes.is_file()
+            for row in round_rows(root, f.index, evals)]  # fmt: skip
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("cem.loop", "templates"),
         autoescape=True,  # every text is escaped but the SVG, which matplotlib escaped
@@ -233,7 +235,7 @@ def render(root: Path) -> str:
 def write_page(root: Path, out: Path | None = None) -> Path:
     """Check ``root``, render its page and write it (``root/inspect.html`` by default)."""
     check_run_dir(root)
-    out = out or root / PAGE
+    out = out or RunDir(root).inspect_page
     html = render(root)
     with atomic_open(out) as fh:
         fh.write(html)
@@ -250,7 +252,7 @@ def main(argv: list[str]) -> int:
         "rows and later answers, with filters (fixed, not fixed, no hit, relation).",
     )
     parser.add_argument("run_dir", type=Path, help="the run_dir of a `cem run`")
-    parser.add_argument("--out", type=Path, default=None, help=f"default: RUN_DIR/{PAGE}")
+    parser.add_argument("--out", type=Path, default=None, help=f"default: RUN_DIR/{INSPECT_PAGE}")
     args = parser.parse_args(argv)
     out = write_page(args.run_dir, args.out)
     console.print(f"[bold]cem inspect[/] wrote {out}")

@@ -20,9 +20,9 @@ from filelock import FileLock, SoftFileLock, Timeout
 
 from cem.errors import RunLocked
 from cem.io import ensure_dir, read_json, write_json
+from cem.layout import LOCK
+from cem.layout import LOCK_HOLDER as HOLDER
 from cem.ui import warn
-
-LOCK, HOLDER = ".lock", ".lock.json"
 
 
 def holder(root: Path) -> dict | None:

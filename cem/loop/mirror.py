@@ -34,24 +34,22 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cem.io import atomic_open, read_jsonl
-from cem.loop.stages import read_marker, round_folders
+from cem.layout import RoundDir, RunDir, read_marker
 from cem.ui import console
 
-CSV = "metrics.csv"
 CSV_COLUMNS = ("protocol", "round", "label", "set", "acc", "acc_norm", "n", "forgetting",
                "cpt_tokens", "cit_tokens", "seconds")  # fmt: skip
 MISTAKE_COLUMNS = ("id", "set", "subject", "question", "gold_text", "pred_text", "margin",
                    "reason", "keywords", "queries")  # fmt: skip
 DIAGNOSTIC_COLUMNS = ("hit", "trained", "fixed")  # cem.loop.diagnostics
 STEP, ROUND = "trainer/global_step", "round"  # the two x-axes
-TRAIN_LOGS = "train_logs"  # cem.training.train.build_trainer's CSV logs: version_<n>/metrics.csv
 JOB_TYPE_MAX = 64  # W&B refuses a longer job_type
 UNNAMED_JOB = "cem-run"  # the job_type of a run made without overrides
 
 
 def write_csv(root: Path, summary: dict) -> Path:
     """``D/metrics.csv``: one row per (round, set), round 0 and the warm-up first."""
-    from cem.loop.summary import timeline
+    from cem.loop.plots import timeline
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -61,9 +59,10 @@ def write_csv(root: Path, summary: dict) -> Path:
             writer.writerow([e["protocol"], e["round"], e["label"], name, m["acc"], m["acc_norm"],
                              m["n"], e["forgetting"].get(name), e["cpt_tokens"], e["cit_tokens"],
                              round(sum(e["seconds"].values()), 3)])  # fmt: skip
-    with atomic_open(root / CSV) as fh:
+    path = RunDir(root).metrics_csv
+    with atomic_open(path) as fh:
         fh.write(buf.getvalue())
-    return root / CSV
+    return path
 
 
 def entry_key(e: dict) -> str:
@@ -114,12 +113,14 @@ def fix_rate_metrics(diagnostics: dict) -> dict[str, float]:
 
 def trainings(root: Path) -> list[Path]:
     """The run's training folders in the order they train: the warm-up, then each round."""
-    return [root / "warmup", *(p for p in round_folders(root) if p.name != "round_0")]
+    run = RunDir(root)
+    return [run.warmup.path, *(r.path for r in run.rounds() if r.index != 0)]
 
 
 def round_x(folder: Path) -> float:
     """A training's place on the ``round`` axis: that of the model it makes."""
-    return 0.5 if folder.name == "warmup" else float(folder.name[6:])
+    k = RoundDir(folder).index
+    return 0.5 if k is None else float(k)
 
 
 def step_base(root: Path, folder: Path) -> int:
@@ -141,7 +142,7 @@ def csv_steps(folder: Path, before: int | None = None) -> list[tuple[int, dict[s
     Args:
         before: keep only steps below this one (the first step a resumed training logs).
     """
-    paths = sorted((folder / TRAIN_LOGS).glob("version_*/metrics.csv"),
+    paths = sorted(RoundDir(folder).train_logs.glob("version_*/metrics.csv"),
                    key=lambda p: int(p.parent.name.removeprefix("version_")))  # fmt: skip
     versions = []
     for path in paths:
@@ -197,7 +198,7 @@ class RunLogger:
 
     def update(self, summary: dict, final: bool = False) -> None:
         """Rewrite the CSV; log what W&B has not seen; at the end, the plot and totals."""
-        from cem.loop.summary import timeline
+        from cem.loop.plots import timeline
 
         write_csv(self.root, summary)
         if self.run is None:
@@ -246,7 +247,7 @@ class RunLogger:
     def _final(self, summary: dict) -> None:
         import wandb
 
-        png = self.root / "summary.png"
+        png = RunDir(self.root).summary_plot
         if png.is_file():
             self.run.log({"summary_plot": wandb.Image(str(png))})
         for key in ("reference", "best_round", "stopped", "gains", "protocol"):

@@ -8,6 +8,12 @@ from pathlib import Path
 from cem.io import atomic_open
 
 
+def timeline(summary: dict) -> list[dict]:
+    """Round 0, the warm-up when there is one, then each round: the order results came in."""
+    rounds = summary["rounds"]
+    return [rounds[0], *([summary["warmup"]] if summary["warmup"] else []), *rounds[1:]]
+
+
 def tag(e: dict) -> str:
     """A timeline entry's tick: the round, or W for the warm-up."""
     return "W" if e["label"] == "after warm-up" else str(e["round"])
@@ -37,8 +43,6 @@ def summary_figure(summary: dict):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cem.loop.summary import timeline
 
     entries = timeline(summary)
     xs = list(range(len(entries)))

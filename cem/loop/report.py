@@ -34,6 +34,7 @@ from pathlib import Path
 from cem.config import RESULT_NEUTRAL
 from cem.errors import CemError
 from cem.io import atomic_open, read_json
+from cem.layout import REPORT_CSV, REPORT_MD, REPORT_PNG, SUMMARY, RunDir
 
 # Overrides that never tell variants apart (they do not change results, or are the seeds).
 IGNORED = ("seed", "table", *RESULT_NEUTRAL)
@@ -59,7 +60,7 @@ def find_runs(root: Path) -> list[Run]:
     if not root.is_dir():
         raise CemError(f"{root} is not a folder; give the sweep folder, e.g. multirun/paradigm")
     runs = []
-    for path in sorted(root.rglob("summary.json")):
+    for path in sorted(root.rglob(SUMMARY)):
         folder = path.parent
         try:
             summary = read_json(path)
@@ -77,7 +78,7 @@ def _overrides(folder: Path) -> dict[str, str] | None:
     """The job's own Hydra overrides, ``key -> value`` (None for a run made outside Hydra)."""
     from omegaconf import OmegaConf
 
-    path = folder / ".hydra" / "overrides.yaml"
+    path = RunDir(folder).overrides
     if not path.is_file():
         return None
     out = {}
@@ -142,7 +143,7 @@ def run_metrics(s: dict, folder: Path | None = None) -> dict[str, float | None]:
     entries = s["rounds"][1:]
     out["cpt_tokens"] = float(sum(e["cpt_tokens"] for e in entries))
     out["cit_tokens"] = float(sum(e["cit_tokens"] for e in entries))
-    trained = [e.get("trained_tokens") or (trained_tokens(folder / f"round_{e['round']}")
+    trained = [e.get("trained_tokens") or (trained_tokens(RunDir(folder).round(e["round"]))
                if folder else {}) for e in entries]  # fmt: skip
     out["cpt_tokens_trained"] = float(sum(t.get("cpt", 0) for t in trained))
     out["cit_response_tokens_trained"] = float(
@@ -219,7 +220,7 @@ def make_report(root: Path, out: Path | None = None, *, draw: bool = True,
     from cem.loop.markdown import markdown
 
     text = markdown(root, variants, stats, shared, against, [_items(v) for v in variants])
-    paths = {"md": out / "report.md", "csv": out / "report.csv"}
+    paths = {"md": out / REPORT_MD, "csv": out / REPORT_CSV}
     with atomic_open(paths["md"]) as fh:
         fh.write(text)
         if unfinished:
@@ -228,7 +229,7 @@ def make_report(root: Path, out: Path | None = None, *, draw: bool = True,
     with atomic_open(paths["csv"]) as fh:
         fh.write(csv_text(variants, stats))
     if draw:
-        paths["png"] = out / "report.png"
+        paths["png"] = out / REPORT_PNG
         plot_report(root, variants, stats, paths["png"])
     return paths
 

@@ -30,16 +30,36 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.config import RESULT_NEUTRAL, resolve_run_dir
 from cem.errors import CemError
-from cem.io import atomic_open, read_jsonl
+from cem.io import atomic_open
+from cem.knowledge.retrieve import check_knowledge
+from cem.layout import RoundDir, RunDir
 from cem.loop import share, stages
 from cem.loop.summary import report, write_summary
+from cem.records import EvalRecord, read_records
 from cem.ui import console
-from cem.validate import RUN_CHECKS, ConfigInvalid
+from cem.validate import (
+    ConfigInvalid,
+    check_benchmark,
+    check_logger,
+    check_loop,
+    check_loop_eval,
+    check_mistakes,
+    check_model,
+)
 
 if TYPE_CHECKING:  # the mirror imports lightning: only once the loop starts
     from cem.loop.mirror import RunLogger
 
-CONFIG = "config.yaml"
+# Node-level checks of ``cem run``; cem.loop.run adds the build and train checks.
+RUN_CHECKS = {
+    "model": check_model,
+    "benchmark": check_benchmark,
+    "eval": check_loop_eval,
+    "knowledge": check_knowledge,
+    "mistakes": check_mistakes,
+    "loop": check_loop,
+    "logger": check_logger,
+}
 # Keys that may change between a run and its continuation: they alter no result so far
 # (a continuation may go on for more rounds, or stop at another patience).
 MAY_CHANGE = (*RESULT_NEUTRAL, "loop.rounds", "loop.patience", "loop.min_delta")
@@ -66,7 +86,7 @@ def check_run(cfg: DictConfig) -> list[str]:
 
 def guard_config(root: Path, cfg: DictConfig) -> None:
     """Save the config at the first start; a continuation must match it (but ``MAY_CHANGE``)."""
-    path = root / CONFIG
+    path = RunDir(root).config
     if not path.is_file():
         with atomic_open(path) as fh:
             fh.write(OmegaConf.to_yaml(cfg))
@@ -113,7 +133,9 @@ def loop_sets(cfg: DictConfig) -> list[str]:
     return sets
 
 
-def stop_reason(cfg: DictConfig, k: int, exam_accs: list[float], records: list[dict]) -> str | None:
+def stop_reason(
+    cfg: DictConfig, k: int, exam_accs: list[float], records: list[EvalRecord]
+) -> str | None:
     """Why the loop stops at the start of round ``k``, or None to go on.
 
     Args:
@@ -141,18 +163,20 @@ def stop_reason(cfg: DictConfig, k: int, exam_accs: list[float], records: list[d
 def warm_up(cfg: DictConfig, root: Path, logger: RunLogger) -> tuple[Path, str]:
     """The schema warm-up: build the Normative-only set and train M0 on it; its model folder
     and the key its training is shared under (``cem.loop.share``)."""
-    folder, on = root / "warmup", cfg.loop.share_round0
+    w_dir, on = RunDir(root).warmup, cfg.loop.share_round0
+    folder = w_dir.path
     built = share.stage_key("build", stages.warmup_build_job(cfg, folder), [])
-    share.run_shared(on, folder, "build", ["train_set"], built,
+    share.run_shared(on, folder, "build", w_dir.outputs("build"), built,
                      lambda: stages.warmup_build_task(cfg, folder))  # fmt: skip
     w = cfg.loop.warmup
     steps = {"max_steps": w.max_steps, "epochs": w.epochs}
     trained = share.stage_key("train", stages.train_job(cfg, folder, steps, True), [built])
     loggers = logger.step_loggers(folder)
     # train_logs too: a job that reuses the warm-up replays its steps into W&B from them.
-    share.run_shared(on, folder, "train", ["model", "train", "train_logs"], trained,
+    outputs = [*w_dir.outputs("train"), w_dir.train_logs]
+    share.run_shared(on, folder, "train", outputs, trained,
                      lambda: stages.train_task(cfg, folder, None, steps, True, loggers))  # fmt: skip
-    return folder / "model", trained
+    return w_dir.model, trained
 
 
 def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None,
@@ -161,8 +185,9 @@ def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None,
     None when the round has no CPT text for a paradigm that needs it (the loop stops)."""
     from cem.curriculum.mixing import NoCptText
 
-    folder = root / f"round_{k}"
-    earlier = [root / f"round_{j}" for j in range(1, k)]
+    run = RunDir(root)
+    folder = run.round(k).path
+    earlier = [run.round(j).path for j in range(1, k)]
     stages.run_stage(folder, "retrieve", lambda: stages.retrieve_task(cfg, folder))
     try:
         stages.run_stage(folder, "build", lambda: stages.build_task(cfg, folder, k, earlier))
@@ -172,7 +197,7 @@ def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None,
     steps = {"max_steps": cfg.train.max_steps, "epochs": cfg.train.epochs}
     train = lambda: stages.train_task(cfg, folder, base, steps, logger.step_loggers(folder))  # noqa: E731
     stages.run_stage(folder, "train", train)
-    return folder / "model"
+    return RoundDir(folder).model
 
 
 def evaluate_round(cfg: DictConfig, root: Path, k: int, base: Path | None, sets: list[str],
@@ -182,16 +207,17 @@ def evaluate_round(cfg: DictConfig, root: Path, k: int, base: Path | None, sets:
     ``shared``: the keys of the stages that made ``base`` when the result may be shared
     across jobs (round 0, and round 1 after the warm-up); None: this run's own work.
     """
-    folder = root / f"round_{k}"
+    folder = RunDir(root).round(k).path
     if k == 1 and base is None:  # no warm-up: round 1 starts from M0, scored in round 0
-        task = lambda: stages.copy_eval(root / "round_0", folder)  # noqa: E731
+        task = lambda: stages.copy_eval(RunDir(root).round(0).path, folder)  # noqa: E731
     else:
         task = lambda: stages.eval_task(cfg, folder, base, sets)  # noqa: E731
     if shared is None:
         return stages.run_stage(folder, "eval", task)
     # The key names the model by the stages that made it, not by its path in this run.
     key = share.stage_key("eval", stages.eval_job(cfg, folder, None, sets), shared)
-    return share.run_shared(cfg.loop.share_round0, folder, "eval", ["eval"], key, task)
+    return share.run_shared(cfg.loop.share_round0, folder, "eval", RoundDir(folder).outputs("eval"),
+                            key, task)  # fmt: skip
 
 
 def run_loop(cfg: DictConfig) -> dict:
@@ -252,6 +278,7 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str],
     eval is done already (after the warm-up)."""
     from cem.loop import diagnostics
 
+    run = RunDir(root)
     accs: list[float] = []
     k = 1
     while True:
@@ -259,9 +286,9 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str],
             evaluate_round(cfg, root, k, base, sets)
         if k > 1:  # M_{k-1} is scored: round k-1's mistakes can be judged fixed or not
             d = diagnostics.write(root, k - 1)
-            logger.log_mistakes(k - 1, root / f"round_{k - 1}" / "mistakes" / "mistakes.jsonl", d)
+            logger.log_mistakes(k - 1, run.round(k - 1).mistakes, d)
         logger.update(write_summary(root, cfg, None))
-        records = read_jsonl(root / f"round_{k}" / "eval" / "records.jsonl")
+        records = read_records(run.round(k).records, EvalRecord)
         accs.append(_exam_acc(records))
         reason = stop_reason(cfg, k, accs, records)
         if reason:
@@ -273,13 +300,13 @@ def _rounds(cfg: DictConfig, root: Path, base: Path | None, sets: list[str],
         trained = run_round(cfg, root, k, base, logger)
         stages.prune(root, cfg.loop.keep_models)
         if trained is None:
-            logger.log_mistakes(k, root / f"round_{k}" / "mistakes" / "mistakes.jsonl", None)
+            logger.log_mistakes(k, run.round(k).mistakes, None)
             console.print(f"[bold]cem run[/] stops in round {k}: no knowledge passages to train on")
             return "no_knowledge"
         base = trained
         k += 1
 
 
-def _exam_acc(records: list[dict]) -> float:
-    exam = [r for r in records if r["set"] == "exam"]
-    return sum(bool(r["correct"]) for r in exam) / max(len(exam), 1)
+def _exam_acc(records: list[EvalRecord]) -> float:
+    exam = [r for r in records if r.set == "exam"]
+    return sum(r.correct for r in exam) / max(len(exam), 1)

@@ -30,6 +30,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cem.io import read_json, storage_errors, write_json
+from cem.layout import (
+    HYDRA,
+    LOCKS,
+    REPORTS,
+    RESULTS,
+    RUN_CONFIG,
+    WANDB,
+    RoundDir,
+    RunDir,
+    read_marker,
+)
 from cem.loop import stages
 from cem.ui import console
 
@@ -96,15 +107,14 @@ def _place(src: Path, dst: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def _files(folder: Path, outputs: list[str]) -> list[Path]:
+def _files(folder: Path, outputs: list[Path]) -> list[Path]:
     found = []
-    for name in outputs:
-        path = folder / name
+    for path in outputs:
         found += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return found
 
 
-def publish(folder: Path, stage: str, outputs: list[str], key: str) -> None:
+def publish(folder: Path, stage: str, outputs: list[Path], key: str) -> None:
     """Copy the finished stage's outputs and marker into the cache under ``key``."""
     entry = cache_dir() / key
     if entry.is_dir():
@@ -118,7 +128,7 @@ def publish(folder: Path, stage: str, outputs: list[str], key: str) -> None:
             _place(path, tmp / rel)
             files[rel] = _sha256(tmp / rel)
         manifest = {"stage": stage, "key": key, "files": files,
-                    "marker": stages.read_marker(folder, stage)}  # fmt: skip
+                    "marker": read_marker(folder, stage)}  # fmt: skip
         write_json(tmp / MANIFEST, manifest)
         os.replace(tmp, entry)
     finally:
@@ -149,14 +159,14 @@ def materialize(entry: Path, manifest: dict, folder: Path, stage: str) -> dict:
             dst.unlink()
         _place(entry / rel, dst)
     info = {**manifest["marker"], "shared_from": manifest["key"]}
-    write_json(stages.marker(folder, stage), info)
+    write_json(RoundDir(folder).marker(stage), info)
     return info
 
 
-def run_shared(enabled: bool, folder: Path, stage: str, outputs: list[str], key: str,
+def run_shared(enabled: bool, folder: Path, stage: str, outputs: list[Path], key: str,
                task: Callable[[], dict | None]) -> dict:  # fmt: skip
     """``stages.run_stage``, reusing (or publishing) the stage's result under ``key``."""
-    done = stages.read_marker(folder, stage)
+    done = read_marker(folder, stage)
     if done is not None or not enabled:
         return stages.run_stage(folder, stage, task)
     from filelock import FileLock
@@ -177,9 +187,7 @@ def run_shared(enabled: bool, folder: Path, stage: str, outputs: list[str], key:
 
 # What a reused run does not take from the finished one: its own Hydra files, W&B, logs,
 # locks and the results the loop rewrites at its end.
-NOT_REUSED = (".hydra", "wandb", "config.yaml", "summary.json", "summary.png", "metrics.csv",
-              "report.md", "report.csv", "report.png", "inspect.html",
-              ".lock", ".lock.json")  # fmt: skip
+NOT_REUSED = (HYDRA, WANDB, RUN_CONFIG, *RESULTS, *REPORTS, *LOCKS)
 
 
 def run_key(cfg: DictConfig) -> str:
@@ -211,10 +219,10 @@ def reuse_run(root: Path, cfg: DictConfig) -> Path | None:
     """Hard-link a finished run with the same key into the empty run folder ``root``; the
     finished run's folder, or None when there is none (or ``root`` has begun a run)."""
     entry = _registry(run_key(cfg))
-    if stages.read_marker(root / "round_0", "eval") is not None or not entry.is_file():
+    if read_marker(RunDir(root).round(0), "eval") is not None or not entry.is_file():
         return None
     src = Path(read_json(entry)["path"])
-    summary = src / "summary.json"
+    summary = RunDir(src).summary
     if src == root.resolve() or not summary.is_file() or not read_json(summary).get("stopped"):
         return None
     for path in sorted(src.rglob("*")):

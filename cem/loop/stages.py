@@ -2,16 +2,15 @@
 
 A stage is a call of the standalone command's own task (``run_eval``, ``run_retrieve``,
 ``run_build``, ``train_round``) on a job config cut from the loop's config, pointed at one
-round folder. ``<folder>/done/<stage>.json`` is written atomically after the stage's files,
-and records its wall time, a small result and the sha256 of the files it vouches for; a
-stage without it, or whose files no longer match, is run again, and its outputs are
-overwritten (training resumes from ``<folder>/checkpoints/last.ckpt``).
+round folder. The stage's done-marker (``cem.layout``) is written atomically after the
+stage's files, and records its wall time, a small result and the sha256 of the files it
+vouches for; a stage without it, or whose files no longer match, is run again, and its
+outputs are overwritten (training resumes from the round's last checkpoint).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import tempfile
@@ -24,11 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.config import BuildJob, EvalJob, RetrieveJob, TrainJob
 from cem.errors import CemError
-from cem.io import public_perms, read_json, remove_stale, write_json
+from cem.io import public_perms, remove_stale, write_json
+from cem.layout import RoundDir, RunDir, read_marker
 from cem.loop.verify import check_marker, hash_outputs
 from cem.ui import console, warn
-
-DONE = "done"
 
 
 def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
@@ -44,51 +42,23 @@ def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
     keep = KeepModels(keep)
     if keep == KeepModels.all:
         return []
-    trained = [f for f in (root / "warmup", *round_folders(root)) if read_marker(f, "train")]
-    doomed = [f / "checkpoints" for f in trained] + [f / "model" for f in trained[:-1]]
+    run = RunDir(root)
+    trained = [f for f in (run.warmup, *run.rounds()) if read_marker(f, "train")]
+    doomed = [f.checkpoints for f in trained] + [f.model for f in trained[:-1]]
     if keep == KeepModels.none and final and trained:
-        doomed.append(trained[-1] / "model")
+        doomed.append(trained[-1].model)
     gone = [p for p in doomed if p.is_dir()]
     for path in gone:
-        _record_pruned(path.parent, path.name)
+        _record_pruned(RoundDir(path.parent), path.name)
         shutil.rmtree(path)
     return gone
 
 
-def _record_pruned(folder: Path, name: str) -> None:
+def _record_pruned(folder: RoundDir, name: str) -> None:
     """Note in the train marker that ``folder/name`` is deleted on purpose (not corrupt)."""
     done = read_marker(folder, "train")
     if done is not None and name not in done.get("pruned", []):
-        write_json(marker(folder, "train"), {**done, "pruned": [*done.get("pruned", []), name]})
-
-
-def round_folders(root: Path) -> list[Path]:
-    """The run's ``round_<k>`` folders, in the order of k."""
-    rounds = [p for p in root.glob("round_*") if p.name[6:].isdigit()]
-    return sorted(rounds, key=lambda p: int(p.name[6:]))
-
-
-def marker(folder: Path, stage: str) -> Path:
-    """Where ``stage``'s done-marker lives in ``folder``."""
-    return folder / DONE / f"{stage}.json"
-
-
-def read_marker(folder: Path, stage: str) -> dict | None:
-    """The stage's marker, or None when the stage has not finished (or its marker is bad)."""
-    path = marker(folder, stage)
-    if not path.is_file():
-        return None
-    try:
-        done = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        done = f"not valid JSON ({e})"
-    if isinstance(done, dict) and "seconds" in done:
-        return done
-    warn(
-        f"{path} is not a done-marker ({done if isinstance(done, str) else 'no seconds'}); "
-        "the stage runs again"
-    )
-    return None
+        write_json(folder.marker("train"), {**done, "pruned": [*done.get("pruned", []), name]})
 
 
 def run_stage(folder: Path, stage: str, task: Callable[[], dict | None]) -> dict:
@@ -119,7 +89,7 @@ def run_stage(folder: Path, stage: str, task: Callable[[], dict | None]) -> dict
         "result": result,
         "files": hash_outputs(folder, stage),
     }
-    write_json(marker(folder, stage), info)
+    write_json(RoundDir(folder).marker(stage), info)
     return info
 
 
@@ -181,18 +151,18 @@ def need_model(model_dir: Path, stage: str) -> None:
 
 def copy_eval(src: Path, folder: Path) -> dict:
     """Copy ``src/eval`` into ``folder/eval`` (the same model, so the same records)."""
-    out = folder / "eval"
+    out, src_eval = RoundDir(folder).eval, RoundDir(src).eval
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".eval.", suffix=".tmp", dir=folder))
     try:
-        shutil.copytree(src / "eval", tmp, dirs_exist_ok=True)
+        shutil.copytree(src_eval, tmp, dirs_exist_ok=True)
         public_perms(tmp)  # mkdtemp made it 0700
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"copied_from": str(src / "eval")}
+    return {"copied_from": str(src_eval)}
 
 
 def retrieve_task(cfg: DictConfig, folder: Path) -> dict:
@@ -271,7 +241,7 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
 
     if base is not None:
         need_model(base, f"{folder.name}/train")
-        link = folder / "model_in"
+        link = RoundDir(folder).model_in
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
     m = train_round(train_job(cfg, folder, steps, warmup), folder, base, loggers)

@@ -26,9 +26,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cem.io import read_json, read_jsonl, write_json
+from cem.layout import RoundDir, RunDir, read_marker
 from cem.loop import diagnostics
-from cem.loop.plots import tag
-from cem.loop.stages import read_marker
+from cem.loop.plots import tag, timeline
 
 EXAM, TEST = "exam", "test"
 
@@ -109,7 +109,7 @@ def efficiency(g: dict[str, float | None], cpt_tokens: int) -> dict[str, float |
     }
 
 
-def _timing(*parts: tuple[Path, list[str]]) -> dict[str, dict[str, float]]:
+def _timing(*parts: tuple[RoundDir, list[str]]) -> dict[str, dict[str, float]]:
     """``seconds`` (wall) and ``cpu_seconds`` of each finished stage of each (folder, stages)."""
     out: dict[str, dict[str, float]] = {"seconds": {}, "cpu_seconds": {}}
     for folder, names in parts:
@@ -121,12 +121,11 @@ def _timing(*parts: tuple[Path, list[str]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _tokens(folder: Path) -> dict[str, int]:
+def _tokens(folder: RoundDir) -> dict[str, int]:
     """Tokens of the round's training set (``cpt_tokens``...) and of what training reached
     (``trained_tokens``)."""
-    path = folder / "train_set" / "stats.json"
+    path, m = folder.train_set_stats, folder.train_metrics
     t = read_json(path)["tokens"] if path.is_file() else {}
-    m = folder / "train" / "metrics.json"
     reached = read_json(m) if m.is_file() else {}
     return {**{f"{k}_tokens": int(t.get(k, 0)) for k in ("cpt", "cit", "replay")},
             "trained_tokens": trained_tokens(folder),
@@ -134,27 +133,27 @@ def _tokens(folder: Path) -> dict[str, int]:
             "epoch_losses": reached.get("epoch_losses")}  # fmt: skip
 
 
-def trained_tokens(folder: Path) -> dict[str, int]:
+def trained_tokens(folder: RoundDir) -> dict[str, int]:
     """Loss-bearing tokens training reached, per kind (``train/metrics.json``).
 
     CPT tokens all bear loss; a CIT item's only its response. With ``train.max_steps``
     below one epoch, this is less than the set holds, so data efficiency uses it.
     """
-    path = folder / "train" / "metrics.json"
+    path = folder.train_metrics
     if not path.is_file():
         return {}
     return {k: int(v) for k, v in read_json(path).get("target_tokens", {}).items()}
 
 
-def _entry(round_: int, label: str, protocol: str, eval_folder: Path, root: Path) -> dict:
-    records = read_jsonl(eval_folder / "eval" / "records.jsonl")
-    probe_path = eval_folder / "eval" / "general.json"
+def _entry(round_: int, label: str, protocol: str, scored: RoundDir, root: Path) -> dict:
+    records = read_jsonl(scored.records)
+    probe_path = scored.general
     probe = read_json(probe_path) if probe_path.is_file() else None
     return {
         "round": round_,
         "label": label,
         "protocol": protocol,
-        "eval_dir": str((eval_folder / "eval").relative_to(root)),
+        "eval_dir": str(scored.eval.relative_to(root)),
         "metrics": set_metrics(records),
         "general_nll": probe["general_nll"] if probe else None,
         "_records": records,  # dropped before writing
@@ -164,31 +163,31 @@ def _entry(round_: int, label: str, protocol: str, eval_folder: Path, root: Path
 
 def _trained_and_scored(root: Path, k: int) -> bool:
     """Round k's model M_k is trained (round_k) and scored (in round_{k+1})."""
-    return bool(read_marker(root / f"round_{k}", "train")) and bool(
-        read_marker(root / f"round_{k + 1}", "eval")
-    )
+    run = RunDir(root)
+    return bool(read_marker(run.round(k), "train")) and bool(read_marker(run.round(k + 1), "eval"))
 
 
 def collect(root: Path, cfg: DictConfig) -> tuple[dict, dict | None, list[dict]]:
     """Round 0, the warm-up (or None) and each trained round whose model has been scored."""
     proto = cfg.protocol.name
-    r0 = _entry(0, "before warm-up", proto, root / "round_0", root)
+    run = RunDir(root)
+    r0 = _entry(0, "before warm-up", proto, run.round(0), root)
     r0.update(cpt_tokens=0, cit_tokens=0, replay_tokens=0)
-    r0.update(_timing((root / "round_0", ["eval"])))
+    r0.update(_timing((run.round(0), ["eval"])))
     warm = None
-    if cfg.loop.warmup.enabled and read_marker(root / "round_1", "eval"):
-        warm = _entry(0, "after warm-up", proto, root / "round_1", root)
-        warm.update(_tokens(root / "warmup"))
-        warm.update(_timing((root / "warmup", ["build", "train"]), (root / "round_1", ["eval"])))
+    if cfg.loop.warmup.enabled and read_marker(run.round(1), "eval"):
+        warm = _entry(0, "after warm-up", proto, run.round(1), root)
+        warm.update(_tokens(run.warmup))
+        warm.update(_timing((run.warmup, ["build", "train"]), (run.round(1), ["eval"])))
     rounds = []
     k = 1
     while _trained_and_scored(root, k):
-        folder, scored = root / f"round_{k}", root / f"round_{k + 1}"
+        folder, scored = run.round(k), run.round(k + 1)
         e = _entry(k, f"round {k}", proto, scored, root)
         e.update(_tokens(folder))
         retrieved = read_marker(folder, "retrieve")["result"]
         e.update(mistakes=retrieved["mistakes"], passages=retrieved["passages"])
-        stats_path = folder / "knowledge" / "stats.json"
+        stats_path = folder.knowledge_stats
         if stats_path.is_file():
             e["mistakes_by_reason"] = read_json(stats_path).get("mistakes_by_reason", {})
         d = diagnostics.load(root, k)
@@ -251,18 +250,12 @@ def _top(cfg: DictConfig, r0: dict, warm: dict | None, rounds: list[dict], stopp
 def write_summary(root: Path, cfg: DictConfig, stopped: str | None, plot: bool = False) -> dict:
     """Write ``summary.json`` (and ``summary.png`` when ``plot``); return the summary."""
     summary = build_summary(root, cfg, stopped)
-    write_json(root / "summary.json", summary)
+    write_json(RunDir(root).summary, summary)
     if plot:
         from cem.loop.plots import plot_summary
 
-        plot_summary(summary, root / "summary.png")
+        plot_summary(summary, RunDir(root).summary_plot)
     return summary
-
-
-def timeline(summary: dict) -> list[dict]:
-    """Round 0, the warm-up when there is one, then each round: the order results came in."""
-    rounds = summary["rounds"]
-    return [rounds[0], *([summary["warmup"]] if summary["warmup"] else []), *rounds[1:]]
 
 
 def report(summary: dict) -> None:

@@ -1,8 +1,8 @@
 """The files a done-marker vouches for, by sha256; ``cem verify RUN_DIR`` checks a whole run.
 
 Each stage's marker records the sha256 of every file in the folders the stage writes
-(``OUTPUTS``). A resume checks them before it skips a stage, so a flipped bit or a truncated
-file re-runs that stage instead of feeding a later one. A folder that ``loop.keep_models``
+(``cem.layout.OUTPUTS``). A resume checks them before it skips a stage, so a flipped bit or
+a truncated file re-runs that stage instead of feeding a later one. A folder that ``loop.keep_models``
 deleted on purpose is listed in the marker's ``pruned`` and no longer checked.
 """
 
@@ -14,22 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cem.io import sha256_file
-
-# The folders (inside a round folder) that each stage writes and vouches for. Checkpoints and
-# training logs are left out: no later stage reads them.
-OUTPUTS: dict[str, tuple[str, ...]] = {
-    "eval": ("eval",),
-    "retrieve": ("mistakes", "knowledge"),
-    "build": ("train_set",),
-    "train": ("train", "model"),
-}
+from cem.layout import DONE, MARKERS, RoundDir
 
 
 def hash_outputs(folder: Path, stage: str) -> dict[str, str]:
     """``{relative path: sha256}`` of every file in the folders that ``stage`` writes."""
     files = {}
-    for sub in OUTPUTS.get(stage, ()):
-        root = folder / sub
+    for root in RoundDir(folder).outputs(stage):
         for path in sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []:
             files[path.relative_to(folder).as_posix()] = sha256_file(path)
     return files
@@ -67,7 +58,7 @@ class Checked:
 def verify_run(root: Path) -> list[Checked]:
     """Check every done-marker under ``root`` (a run, or a sweep of runs)."""
     out = []
-    for path in sorted(root.rglob("done/*.json")):
+    for path in sorted(root.rglob(MARKERS)):
         folder = path.parent.parent
         try:
             marker = json.loads(path.read_text(encoding="utf-8"))
@@ -90,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     checked = verify_run(args.run_dir)
     bad = [c for c in checked if c.problems]
     for c in checked:
-        stage = c.marker.relative_to(args.run_dir).as_posix().replace("/done/", "/")[:-5]
+        stage = c.marker.relative_to(args.run_dir).as_posix().replace(f"/{DONE}/", "/")[:-5]
         print(f"{'ok ' if not c.problems else 'BAD'} {stage} ({c.files} files)")
         for problem in c.problems:
             print(f"    {problem}")

@@ -1,19 +1,18 @@
 """``cem train run_dir=D``: train on ``D/train_set/train.parquet``, save the merged model to ``D/model``.
 
-Layout of a run directory (METHOD.md, step 6)::
+What it reads and writes in ``D`` (METHOD.md, step 6; ``cem.layout.RoundDir``)::
 
     D/model_in/        the model to train, when the loop put one there (else ``model``)
     D/train_set/       train.parquet, from ``cem build``
     D/checkpoints/     last.ckpt every ``train.checkpoint_every_n_steps``; a re-run resumes
     D/train_logs/      CSV logs, one version_N per start (a resumed run adds one)
-    D/train/           metrics.json
+    D/train/           metrics.json and config.yaml (the config it ran with)
     D/model/           the merged model (safetensors + tokenizer), written atomically
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -25,12 +24,10 @@ from cem import signals
 from cem.config import resolve_run_dir
 from cem.errors import ConfigError
 from cem.io import remove_stale, storage_errors, write_json
+from cem.layout import RoundDir, write_stage_config
 from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES
 from cem.ui import console
 from cem.validate import ConfigInvalid, at_least, check_model, choice, in_unit, validate
-
-CKPT = Path("checkpoints") / "last.ckpt"  # what a re-run of the stage resumes from
-LOGS = "train_logs"
 
 
 def check_train(t: DictConfig) -> list[str]:
@@ -91,7 +88,7 @@ def run_train(cfg: DictConfig) -> dict:
     if problems:
         raise ConfigInvalid(problems)
     run_dir = resolve_run_dir(cfg)
-    base = run_dir / "model_in"
+    base = RoundDir(run_dir).model_in
     return train_round(cfg, run_dir, base if base.exists() else None)
 
 
@@ -111,9 +108,9 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     from cem.training.finetune import load_base, prepare, save, trainable_share
     from cem.training.module import CemLM
 
-    t = cfg.train
+    t, folder = cfg.train, RoundDir(run_dir)
     weights = kind_weights(cfg)
-    data_path = run_dir / "train_set" / "train.parquet"
+    data_path = folder.train_set
     read_train_set(data_path)  # fail on bad data before loading the model
     L.seed_everything(t.seed, workers=True, verbose=False)
     model, tokenizer = load_base(cfg.model, base, cfg.seed)
@@ -122,7 +119,7 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     data = TrainDataModule(data_path, tokenizer, t.seq_len, t.batch_size, t.pack, t.seed)
     remove_stale(run_dir)  # temp files of a write that a kill cut short
     trainer = build_trainer(cfg, run_dir, loggers)
-    ckpt = usable_checkpoint(run_dir / CKPT)
+    ckpt = usable_checkpoint(folder.last_ckpt)
     trained, total = trainable_share(model)
     console.print(
         f"[bold]cem train[/] {t.finetune} on {base or cfg.model.name}: {trained:,} of {total:,} "
@@ -132,13 +129,14 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     # warning that the dataloader is not resumable does not apply.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
     start = time.perf_counter()
-    fit(trainer, module, data, ckpt, run_dir / CKPT)
+    fit(trainer, module, data, ckpt, folder.last_ckpt)
     seconds = time.perf_counter() - start
     metrics = _metrics(trainer, module, data, seconds, trained, total)
     if trainer.is_global_zero:
-        out = save(module.model, tokenizer, run_dir / "model")
+        out = save(module.model, tokenizer, folder.model)
         metrics["model_dir"] = str(out)
-        write_json(run_dir / "train" / "metrics.json", metrics)
+        write_json(folder.train_metrics, metrics)
+        write_stage_config(folder, "train", cfg)
         console.print(
             f"trained {metrics['steps']} steps in {seconds:.1f}s "
             f"({metrics['tokens_per_s']:.0f} tokens/s, padding {metrics['padding_waste']:.1%}), "
@@ -158,7 +156,10 @@ def fit(trainer, module, data, ckpt: Path | None, last: Path) -> None:
     from cem.training.checkpoint import resume_detail
 
     try:
-        with signals.graceful(), storage_errors(Path(trainer.default_root_dir) / LOGS):
+        with (
+            signals.graceful(),
+            storage_errors(RoundDir(Path(trainer.default_root_dir)).train_logs),
+        ):
             trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     except SIGTERMException:  # Lightning's own stop for the SIGTERM: a SystemExit with no code
         signals.stop(resume_detail(last))
@@ -187,11 +188,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence = ()):
 
     from cem.training.checkpoint import AtomicCheckpointIO, StopOnSignal
 
-    t = cfg.train
+    t, folder = cfg.train, RoundDir(run_dir)
     callbacks = [
-        StopOnSignal(run_dir / CKPT),
+        StopOnSignal(folder.last_ckpt),
         ModelCheckpoint(
-            dirpath=run_dir / CKPT.parent,
+            dirpath=folder.last_ckpt.parent,
             every_n_train_steps=t.checkpoint_every_n_steps,
             save_top_k=0,  # only last.ckpt: it is what a re-run resumes from
             save_last=True,
@@ -210,7 +211,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence = ()):
         plugins=None if sharded else [AtomicCheckpointIO()],
         # Lightning saves every logger after each log call, so the CSV on disk holds every
         # step logged so far: what a continued run's W&B mirror replays (cem.loop.mirror).
-        logger=[CSVLogger(save_dir=run_dir, name=LOGS), *loggers],
+        logger=[CSVLogger(save_dir=run_dir, name=folder.train_logs.name), *loggers],
         enable_checkpointing=True,
         default_root_dir=run_dir,
         # The data module deals batches to ranks itself (phase order, resumable).
@@ -250,15 +251,3 @@ def _metrics(trainer, module, data, seconds: float, trained: int, total: int) ->
         "trainable_params": trained,
         "total_params": total,
     }
-
-
-def main() -> None:
-    """``python -m cem.training.train key=value ...``: the same as ``cem train key=value ...``
-    (also for ``torchrun -m cem.training.train``)."""
-    from cem.cli import run_hydra
-
-    run_hydra("train", sys.argv[1:])
-
-
-if __name__ == "__main__":
-    main()
