@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
 from cem.benchmarks.world import TRANSFER_SETS as WORLD_TRANSFER
+from cem.device import device_problem
 from cem.errors import CemError
 from cem.knowledge.providers import check_web
 
@@ -65,7 +66,7 @@ def in_unit(key: str, value: object, fix: float, *, open_low: bool = False) -> s
 
 
 def check_model(m: DictConfig) -> list[str]:
-    problems = [choice("model.dtype", m.dtype, DTYPES)]
+    problems = [choice("model.dtype", m.dtype, DTYPES), device_problem("model.device", m.device)]
     sources = [bool(m.asset), bool(m.path), bool(m.random_init)]
     if sum(sources) != 1:
         problems.append(

@@ -16,6 +16,9 @@ from cem.training import FINETUNE_MODES
 # Training keeps float32 master weights whatever ``model.dtype`` says (that is the dtype
 # for inference); the trainer's ``precision`` decides the compute dtype (bf16-mixed).
 TRAIN_DTYPE = "float32"
+# The model to train is loaded on the CPU whatever ``model.device`` says: Lightning places
+# it (``trainer.accelerator``), and a sharded strategy must not see it whole on one GPU.
+TRAIN_DEVICE = "cpu"
 
 
 def load_base(model_cfg: DictConfig, base: Path | None, seed: int):
@@ -38,7 +41,7 @@ def load_base(model_cfg: DictConfig, base: Path | None, seed: int):
         cfg = dataclasses.replace(
             cfg, path=str(Path(base).resolve()), asset=None, random_init=False, revision=None
         )
-    cfg = dataclasses.replace(cfg, dtype=TRAIN_DTYPE)
+    cfg = dataclasses.replace(cfg, dtype=TRAIN_DTYPE, device=TRAIN_DEVICE)
     return load_model(cfg, seed=seed)
 
 
