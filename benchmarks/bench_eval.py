@@ -7,6 +7,7 @@ exam and test sets rendered exactly as ``cem eval`` renders them (short cloze st
 
     .venv/bin/python benchmarks/bench_eval.py --n 150 --dtype fp32 bf16
     .venv/bin/python benchmarks/bench_eval.py --benchmark world --n 400 --dtype fp32
+    .venv/bin/python benchmarks/bench_eval.py --memory 2000 20000   # peak RSS of `cem eval`
 """
 
 from __future__ import annotations
@@ -50,7 +51,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="mmlu",
         help="mmlu: astronomy test file; world: the default benchmark's exam+test",
     )
+    p.add_argument("--memory", type=int, nargs="+", metavar="N", default=None,
+                   help="instead: peak RSS of a whole `cem eval` of N synthetic questions each "
+                        "(the tiny random model unless --model-dir), e.g. --memory 2000 20000")  # fmt: skip
     return p.parse_args(argv)
+
+
+def peak_rss(sizes: list[int], model_dir: Path | None) -> None:
+    """Peak resident memory of ``cem eval`` (a fresh process each) on ``sizes`` questions."""
+    import json
+    import random
+    import subprocess
+    import tempfile
+
+    words = "river mount lake city crown queen north south valley coast island bay".split()
+    model = (
+        [f"model.path={model_dir}", "model.asset=null"]
+        if model_dir
+        else ["model=tiny_random_llama"]
+    )
+    first = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            rng, path = random.Random(0), Path(tmp) / f"{n}.jsonl"
+            with open(path, "w") as fh:
+                for i in range(n):
+                    q = " ".join(rng.choice(words) for _ in range(rng.randint(8, 30)))
+                    ch = [" ".join(rng.choices(words, k=rng.randint(1, 4))) for _ in range(4)]
+                    fh.write(json.dumps({"id": f"q{i}", "question": f"Where is {q}?",
+                                         "choices": ch, "answer": i % 4}) + "\n")  # fmt: skip
+            cmd = [sys.executable, "-m", "cem.cli", "eval", f"run_dir={tmp}/run{n}", *model,
+                   "benchmark=jsonl", f"benchmark.path={path}", "eval.progress=false",
+                   "eval.general_probe=false"]  # fmt: skip
+            start, log = time.perf_counter(), Path(tmp) / f"{n}.log"
+            with open(log, "wb") as err:  # a file, not a pipe: a full pipe would block it
+                child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+                _, status, usage = os.wait4(child.pid, 0)  # this child's own peak
+            if status != 0:
+                sys.exit(f"cem eval failed: {log.read_text()[-2000:]}")
+            mb = usage.ru_maxrss / 1024  # KB on Linux
+            first = first or mb
+            print(f"{n:>8} questions: peak RSS {mb:7.0f} MB ({mb / first:.2f}x the first), "
+                  f"{time.perf_counter() - start:6.1f} s")  # fmt: skip
 
 
 def default_model_dir() -> Path:
@@ -145,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     args = parse_args(argv)
+    if args.memory:
+        return peak_rss(args.memory, args.model_dir)
     model_dir = args.model_dir or default_model_dir()
     tok = AutoTokenizer.from_pretrained(model_dir)
     if args.benchmark == "mmlu":

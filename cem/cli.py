@@ -6,13 +6,16 @@ Hydra commands compose ``conf/<command>.yaml``; ``cem assets`` is a plain argpar
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cem import signals
 from cem.errors import CemError
+from cem.io import check_writable, storage_message
 
 # command -> (module:function taking the composed config, one-line help)
 HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,6 +46,7 @@ commands:
 {commands}
   report     a sweep's runs as one table: cem report multirun/<table> (cem report --help)
   inspect    one run's exam mistakes on one page: cem inspect RUN_DIR -> RUN_DIR/inspect.html
+  verify     check every finished stage's files against its done-marker: cem verify RUN_DIR
   assets     fetch, list or verify the offline assets (cem assets --help)
 
 Hydra options work after the command: `cem eval --cfg job` prints the composed config,
@@ -69,6 +73,35 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def _contexts(e: BaseException):
+    """The exceptions that ``e`` was raised while handling, innermost last."""
+    while e.__context__ is not None:
+        e = e.__context__
+        yield e
+
+
+def stopped(e: signals.Interrupted) -> str:
+    """ "stopped by SIGTERM; training resumes from step 2 (D/checkpoints/last.ckpt)"."""
+    return f"stopped by {e.name}" + (f"; {e.detail}" if e.detail else "")
+
+
+def resume_hint(command: str, overrides: list[str], cfg: DictConfig) -> str:
+    """The command that continues this one: the same overrides, pinned to its run_dir.
+
+    A sweep is continued by its own command line (each job has its own folder).
+    """
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"Run the same command again to continue: {shlex.join(['cem', command, *overrides])}"
+    rest = [o for o in overrides if not o.lstrip("+~").startswith("run_dir=")]
+    run_dir = Path(cfg.run_dir).resolve()
+    return f"Resume with: {shlex.join(['cem', command, f'run_dir={run_dir}', *rest])}"
+
+
 def run_hydra(command: str, overrides: list[str]) -> None:
     """Compose ``conf/<command>.yaml`` with the overrides and run the command's task.
 
@@ -92,9 +125,26 @@ def run_hydra(command: str, overrides: list[str]) -> None:
         except CemError as e:
             print(f"cem {command}: error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Exception as e:  # a full disk under a write outside cem.io (a logger, a cache)
+            msg = storage_message(e, getattr(e, "filename", None) or cfg.run_dir)
+            if msg is None:
+                raise
+            # A logger that fails to flush while training stops hides the error that stopped it.
+            first = next((c for c in _contexts(e) if isinstance(c, CemError)), None)
+            print(f"cem {command}: error: {first or msg}", file=sys.stderr)
+            sys.exit(2)
+        except signals.Interrupted as e:
+            print(f"cem {command}: {stopped(e)}. {resume_hint(command, overrides, cfg)}",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(e.exit_code)
         finally:
             _finish_wandb()
 
+    # Hydra makes the output folder before the task runs, and a failure there is a traceback.
+    for o in overrides:
+        key, _, value = o.lstrip("+").partition("=")
+        if key in ("run_dir", "hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            check_writable(value, f"set {key}=<another folder>")
     parser = get_args_parser()
     parser.prog = f"cem {command}"
     args = parser.parse_args(overrides)
@@ -109,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(commands=commands))
         return 0
     command, rest = argv[0], argv[1:]
+    signals.install()
+    # On a full disk every log line's write fails too; the write that matters says so once.
+    logging.raiseExceptions = False
     try:
         if command == "assets":
             from cem.assets.cli import main as assets_main
@@ -122,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             from cem.loop.inspector import main as inspect_main
 
             return inspect_main(rest)
+        if command == "verify":
+            from cem.loop.verify import main as verify_main
+
+            return verify_main(rest)
         if command not in HYDRA_COMMANDS:
-            known = ", ".join([*HYDRA_COMMANDS, "report", "inspect", "assets"])
+            known = ", ".join([*HYDRA_COMMANDS, "report", "inspect", "verify", "assets"])
             raise CemError(
                 f"unknown command {command!r}; known commands: {known} (try `cem --help`)"
             )
@@ -131,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except CemError as e:
         print(f"cem: error: {e}", file=sys.stderr)
         return 2
+    except signals.Interrupted as e:  # before or after a command's own handling
+        print(f"cem {command}: {stopped(e)}; run the same command again to continue",
+              file=sys.stderr)  # fmt: skip
+        return e.exit_code
     return 0
 
 

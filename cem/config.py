@@ -20,7 +20,8 @@ from omegaconf import II, MISSING, DictConfig
 # rows apart by them, finished runs are reused across them (cem.loop.share), and the
 # tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
 RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "trainer.enable_progress_bar",
-                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs")  # fmt: skip
+                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs",
+                  "loop.baseline")  # fmt: skip
 
 
 @dataclass
@@ -54,7 +55,8 @@ class BenchmarkConfig:
     name: str = MISSING  # world | xiezhi | mmlu | ceval | jsonl | parquet
     path: str | None = None  # a file or a folder of files (not used by ``world``)
     set_name: str = "exam"  # which set a loaded file counts as
-    limit: int | None = None  # keep the first N items of each set
+    limit: int | None = None  # keep the first N items of each set (reading stops there)
+    max_row_bytes: int = 1_000_000  # a longer line of a benchmark file is a data error
     skip_bad_rows: bool = False  # skip malformed rows and report how many, instead of failing
     # File benchmarks only: split the loaded items (per subject, seeded by ``seed``) into
     # pool / exam / test with pool_fraction and exam_fraction, as ``cem run`` needs.
@@ -81,6 +83,9 @@ class EvalConfig:
     mcf_target: str = "letter"  # letter | text: in MCF, score the letter or the option text
     mode: str = "loglik"  # loglik | generate
     batch_size: int = 32  # questions per forward pass (options are expanded from the cached prefix)
+    # Questions rendered, tokenised and scored at a time: memory stays flat as the benchmark
+    # grows, and an interrupted evaluation resumes from its finished chunks.
+    chunk_size: int = 2048
     chat_template: bool = False  # loglik: wrap the question in the model's chat template
     max_new_tokens: int = 24  # generate mode
     sets: list[str] | None = None  # which sets to score; null scores every set the benchmark has

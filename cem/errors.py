@@ -36,3 +36,11 @@ class AssetError(CemError):
 
 class ModelError(CemError):
     """A model or tokenizer could not be loaded."""
+
+
+class StorageError(CemError):
+    """A file could not be written: the disk is full, or the path is not writable."""
+
+
+class RunLocked(CemError):
+    """Another process is writing to the same run folder."""

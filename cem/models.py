@@ -99,8 +99,9 @@ def random_llama(
     for key in arch:
         if key not in known:
             raise ConfigError(
-                f"model.arch.{key}", arch[key], "is not a LlamaConfig size field",
-                f"~model.arch.{key} (vocab and special ids come from the tokenizer)",
+                f"model.arch.{key}", arch[key],
+                "is not a LlamaConfig size field (vocab and special ids come from the tokenizer)",
+                f"~model.arch.{key}",
             )  # fmt: skip
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = LlamaConfig(
@@ -116,27 +117,62 @@ def random_llama(
     return model.to(dtype)
 
 
+def module_names(cfg: ModelConfig) -> list[str] | None:
+    """The model's module names, from its config alone (meta device: no weights are read).
+
+    None when the config is not at hand without a download (a hub id, an unfetched asset).
+    """
+    from transformers import AutoConfig
+
+    if cfg.random_init:
+        config = LlamaConfig(**_plain(cfg.arch))
+    else:
+        try:
+            if cfg.asset:
+                from cem.assets.fetch import asset_dir
+
+                folder = str(asset_dir(cfg.asset, fetch=False))
+            else:
+                folder = _resolve_path(cfg.path)
+            config = AutoConfig.from_pretrained(
+                folder, trust_remote_code=cfg.trust_remote_code, local_files_only=True
+            )
+        except Exception:  # anything wrong here is for load_model to report
+            return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    return [name for name, _ in model.named_modules() if name]
+
+
 def save_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike
 ) -> Path:
     """Write safetensors weights, config and tokenizer to ``out_dir`` atomically.
 
     Everything is written to a temp folder beside ``out_dir`` and renamed into place, so
-    ``out_dir`` never holds a half-written model; an existing ``out_dir`` is replaced.
+    ``out_dir`` never holds a half-written model; an existing ``out_dir`` is replaced. The
+    folder and its files get the umask's permissions, like every other output. A signal
+    waits until the model is in place; a full disk is a StorageError with the size needed.
     """
+    from cem import signals
+    from cem.io import ensure_dir, public_perms, storage_errors
+
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = out.with_name(f".{out.name}.old.{os.getpid()}")
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    needed = sum(p.numel() * p.element_size() for p in model.parameters())
+    with signals.deferred(), storage_errors(out, needed):
+        ensure_dir(out.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            public_perms(tmp)
+            if out.exists():
+                os.replace(out, old)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -166,8 +202,8 @@ def _load_asset(cfg: ModelConfig, dtype: torch.dtype, device: str) -> tuple[PreT
 
     if cfg.asset not in ASSETS:
         raise ConfigError(
-            "model.asset", cfg.asset, f"must be one of {', '.join(ASSETS)}",
-            "model.asset=smollm2-135m-instruct (see `cem assets list`)",
+            "model.asset", cfg.asset, f"must be one of {', '.join(ASSETS)} (`cem assets list`)",
+            "model.asset=smollm2-135m-instruct",
         )  # fmt: skip
     folder = asset_dir(cfg.asset)
     model = _from_pretrained(str(folder), cfg, dtype, device, "model.asset")
@@ -201,6 +237,8 @@ def _from_pretrained(
 ) -> PreTrainedModel:
     """A local plain safetensors folder is streamed (``cem.weights``); anything else, and a
     pinned ``model.revision``, goes through ``from_pretrained`` placed by ``device_map``."""
+    from safetensors import SafetensorError  # a truncated or corrupt weights file
+
     from cem.weights import stream_load
 
     try:
@@ -212,7 +250,7 @@ def _from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype,
             device_map={"": device},
         )  # fmt: skip
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise ModelError(
             f"could not load the model at {key}={path!r}: {str(e).rstrip('.')}. Check the folder or hub id; a hub "
             "model needs the network (and HF_HUB_OFFLINE unset) and, if gated, `hf auth login`; a "

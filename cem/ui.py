@@ -8,6 +8,13 @@ from rich.table import Table
 console = Console(stderr=True, highlight=False)
 
 
+def warn(message: str) -> None:
+    """``warning: <message>`` on one line (not wrapped: paths stay copyable)."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
 def metrics_table(metrics: dict[str, dict], title: str = "accuracy") -> Table:
     """A table of acc and acc_norm per set, each with its Wilson 95% interval."""
     table = Table(title=title)

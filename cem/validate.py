@@ -43,12 +43,36 @@ class ConfigInvalid(CemError):
         super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def override_value(value: object) -> str:
+    """``value`` as Hydra's override grammar writes it: null, true, [a,b]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return str(getattr(value, "value", value))
+
+
 def choice(key: str, value: object, allowed: Iterable[object]) -> str | None:
     allowed = tuple(allowed)
     if value in allowed:
         return None
-    shown = ", ".join(str(a) for a in allowed)
-    return f"{key} must be one of {shown}; got {value!r} (try {key}={allowed[0]})"
+    shown = ", ".join(override_value(a) for a in allowed)
+    fix = next((a for a in allowed if a is not None), allowed[0])
+    return f"{key} must be one of {shown}; got {value!r} (try {key}={override_value(fix)})"
+
+
+def members(key: str, values: Iterable[object], allowed: Iterable[object]) -> str | None:
+    """A list-valued key whose every item must be one of ``allowed``; the fix drops the rest."""
+    values, allowed = list(values), tuple(allowed)
+    bad = [v for v in values if v not in allowed]
+    if not bad:
+        return None
+    kept = [v for v in values if v in allowed] or [allowed[0]]
+    shown = ", ".join(override_value(a) for a in allowed)
+    return (f"{key} items must be among {shown}; got {override_value(bad)} "
+            f"(try {key}={override_value(kept)})")  # fmt: skip
 
 
 def at_least(key: str, value: object, low: float, fix: object) -> str | None:
@@ -69,10 +93,16 @@ def check_model(m: DictConfig) -> list[str]:
     problems = [choice("model.dtype", m.dtype, DTYPES), device_problem("model.device", m.device)]
     sources = [bool(m.asset), bool(m.path), bool(m.random_init)]
     if sum(sources) != 1:
+        # Too many: keep the most specific (a path, then an asset) and clear the others.
+        clear = (["model.asset=null"] if m.asset and m.path else []) + (
+            ["model.random_init=false"] if m.random_init and (m.asset or m.path) else [])  # fmt: skip
+        fix = (
+            " ".join(clear)
+            or "model.path=Qwen/Qwen2.5-0.5B-Instruct or model=smollm2_135m_instruct"
+        )
         problems.append(
             "model needs exactly one of model.asset, model.path or model.random_init=true; "
-            f"got asset={m.asset!r}, path={m.path!r}, random_init={m.random_init} "
-            "(try model.path=Qwen/Qwen2.5-0.5B-Instruct or model=smollm2_135m_instruct)"
+            f"got asset={m.asset!r}, path={m.path!r}, random_init={m.random_init} (try {fix})"
         )
     problems.append(at_least("model.max_length", m.max_length, 16, 2048))
     return [p for p in problems if p]
@@ -85,9 +115,10 @@ def check_benchmark(b: DictConfig) -> list[str]:
     ]
     if b.name != "world" and not b.path:
         problems.append(
-            f"benchmark.path is required for benchmark={b.name}; got None "
-            f"(try benchmark.path=/data/{b.name}, a file or a folder of files)"
+            f"benchmark.path is required for benchmark={b.name} (a file or a folder of files); "
+            f"got None (try benchmark.path=/data/{b.name})"
         )
+    problems.append(at_least("benchmark.max_row_bytes", b.max_row_bytes, 1, 1_000_000))
     if b.limit is not None:
         problems.append(at_least("benchmark.limit", b.limit, 1, 100))
     if b.name == "world" or b.split:
@@ -112,12 +143,10 @@ def _check_split(b: DictConfig) -> list[str]:
 
 def _check_world(b: DictConfig) -> list[str]:
     problems = []
-    for r in b.relations:
-        problems.append(choice("benchmark.relations", r, WORLD_RELATIONS))
+    problems.append(members("benchmark.relations", b.relations, WORLD_RELATIONS))
     if not b.relations:
         problems.append("benchmark.relations must not be empty (try benchmark.relations=[capital])")
-    for o in b.transfer:
-        problems.append(choice("benchmark.transfer", o, WORLD_TRANSFER))
+    problems.append(members("benchmark.transfer", b.transfer, WORLD_TRANSFER))
     return problems
 
 
@@ -127,6 +156,7 @@ def check_eval(e: DictConfig) -> list[str]:
         choice("eval.mcf_target", e.mcf_target, MCF_TARGETS),
         choice("eval.mode", e.mode, EVAL_MODES),
         at_least("eval.batch_size", e.batch_size, 1, 32),
+        at_least("eval.chunk_size", e.chunk_size, 1, 2048),
         at_least("eval.max_new_tokens", e.max_new_tokens, 1, 24),
     ]
     return [p for p in problems if p]
@@ -157,7 +187,7 @@ def check_knowledge(k: DictConfig) -> list[str]:
     if k.extractor == "llm" and not k.extractor_model:
         problems.append(
             "knowledge.extractor_model must name an instruct model for knowledge.extractor=llm "
-            "(try knowledge.extractor_model=Qwen/Qwen2-7B-Instruct, the paper's, or a local folder)"
+            "(the paper's, or a local folder) (try knowledge.extractor_model=Qwen/Qwen2-7B-Instruct)"
         )
     if not k.sources:
         problems.append(

@@ -65,7 +65,10 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigInvalid) as err:
         validate(cfg, EVAL_CHECKS)
     msg = str(err.value)
-    assert "eval.formulation must be one of None, mcf, cf; got 'loglik'" in msg
+    assert (
+        "eval.formulation must be one of null, mcf, cf; got 'loglik' (try eval.formulation=mcf)"
+        in msg
+    )
     assert "eval.batch_size must be >= 1; got 0 (try eval.batch_size=32)" in msg
     assert "model.dtype must be one of float32, bfloat16, float16; got 'int8'" in msg
     assert "benchmark.pool_fraction must be in (0, 1]; got 1.5" in msg

@@ -235,6 +235,13 @@ BAD_ROWS = [
     ("jsonl", "few.jsonl", _j(question="q", choices=["a"], answer=0), 2, "fewer than 2 options"),
     (
         "jsonl",
+        "many.jsonl",
+        _j(question="q", choices=[f"o{i}" for i in range(27)], answer=0),
+        2,
+        "27 options; at most 26 (lettered A-Z)",
+    ),  # fmt: skip
+    (
+        "jsonl",
         "notin.jsonl",
         _j(question="q", choices=["a", "b"], answer="zebra"),
         2,
@@ -438,3 +445,33 @@ def test_bad_arguments(tmp_path: Path):
         load_path(path, "jsonl", limit=0)
     with pytest.raises(DataError, match="is a folder"):
         load_file(tmp_path, "jsonl")
+
+
+def test_a_row_over_max_row_bytes_is_a_data_error_and_never_read_whole(tmp_path: Path):
+    huge = _j(question="q" * 5_000_000, choices=["a", "b"], answer=0)  # a 5 MB line
+    path = tmp_path / "big.jsonl"
+    path.write_text(GOOD["jsonl"] + huge + GOOD["jsonl"].replace('"q"', '"r"'))
+    with pytest.raises(DataError) as err:
+        load_path(path, "jsonl", max_row_bytes=1000)
+    assert str(err.value) == (f"{path}:2: row longer than 1000 bytes, the cap of "
+                              "benchmark.max_row_bytes (try benchmark.max_row_bytes=10000)")  # fmt: skip
+    result = load_path(path, "jsonl", skip_bad_rows=True, max_row_bytes=1000)
+    assert [it.question for it in result.items] == ["q", "r"] and result.skipped[0][1] == 2
+    csv_path = tmp_path / "big_test.csv"
+    csv_path.write_text(GOOD["mmlu"] + "q" * 5000 + ",a,b,c,d,A\n" + GOOD["mmlu"])
+    with pytest.raises(DataError, match=r"big_test.csv:2: row longer than 1000 bytes"):
+        load_path(csv_path, "mmlu", max_row_bytes=1000)
+    assert len(load_path(path, "jsonl", max_row_bytes=None).items) == 3  # no cap
+
+
+def test_limit_stops_reading_where_no_later_row_can_count(tmp_path: Path):
+    (tmp_path / "a_test.csv").write_text(GOOD["mmlu"] * 3)
+    (tmp_path / "b_test.csv").write_text("not,a,row\n")  # never read: a would be an error
+    assert [it.id for it in load_path(tmp_path, "mmlu", limit=2).items] == ["a_test-0", "a_test-1"]
+    # JSON lines name their own sets: each set keeps its first `limit` items.
+    rows = [_j(question=f"q{i}", choices=["a", "b"], answer=0, set=s)
+            for i, s in enumerate(["exam", "exam", "exam", "test", "exam", "test", "test"])]  # fmt: skip
+    path = tmp_path / "sets.jsonl"
+    path.write_text("".join(rows))
+    got = [(it.set, it.question) for it in load_path(path, "jsonl", limit=2).items]
+    assert got == [("exam", "q0"), ("exam", "q1"), ("test", "q3"), ("test", "q5")]

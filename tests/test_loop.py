@@ -435,3 +435,29 @@ def test_a_finished_run_is_reused_by_an_identical_job(fast_run, tmp_path, monkey
     with pytest.raises(AssertionError, match="ran again"):
         run_loop(compose_run(f"run_dir={tmp_path / 'other'}", *FAST, "mix.cit_ratio=0.25",
                              "loop.reuse_runs=true"))  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_a_changed_file_reruns_its_stage_or_says_why_it_cannot(fast_run, tmp_path, capsys):
+    import shutil
+
+    ref, summary = fast_run
+    root = tmp_path / "run"
+    shutil.copytree(ref, root, symlinks=True)
+    records = root / "round_3/eval/records.jsonl"
+    records.write_text(records.read_text().replace('"correct": true', '"correct": false', 1))
+    again = run_loop(compose_run(f"run_dir={root}", *FAST))  # round 3 is scored again
+    assert [r["metrics"] for r in again["rounds"]] == [r["metrics"] for r in summary["rounds"]]
+    assert again["gains"] == summary["gains"]
+    err = capsys.readouterr().err
+    assert f"{records} does not match its sha256 in the done-marker" in err
+    assert records.read_bytes() == (ref / "round_3/eval/records.jsonl").read_bytes()
+    # The final model's base was deleted by loop.keep_models=last: it cannot be retrained.
+    weights = root / "round_2/model/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CemError, match=r"round_2/train must run again but the model it starts "
+                                       r"from, .*round_1/model, is gone"):  # fmt: skip
+        run_loop(compose_run(f"run_dir={root}", *FAST))
+    assert f"{weights} does not match its sha256" in capsys.readouterr().err

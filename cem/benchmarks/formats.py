@@ -12,6 +12,7 @@ share are here too; they raise :class:`BadRow`.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,31 +57,36 @@ class Record:
 # --------------------------------------------------------------------------- readers
 
 
-def decode_lines(path: Path) -> tuple[list[str], dict[int, str]]:
-    """Read ``path`` as bytes and decode each line as UTF-8.
+def decode_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str, str | None]]:
+    """``(line number, text, error)`` for each line of ``path``, read one line at a time.
 
-    Returns:
-        The lines with their ``\\n`` kept (undecodable bytes replaced by U+FFFD, a leading
-        BOM removed) and, by 1-based line number, why a line could not be decoded.
+    The text keeps its ``\\n`` (undecodable bytes replaced by U+FFFD, a leading BOM
+    removed); ``error`` says why a line could not be decoded, or that it is longer than
+    ``max_bytes`` (such a line is not held in memory: it is skipped in 1 MB reads).
     """
-    raw = path.read_bytes().split(b"\n")
-    if raw and raw[-1] == b"":
-        raw.pop()
-    lines: list[str] = []
-    bad: dict[int, str] = {}
-    for lineno, chunk in enumerate(raw, 1):
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as e:
-            bad[lineno] = (
-                f"undecodable text: not valid UTF-8 "
-                f"(byte 0x{chunk[e.start]:02x} at byte {e.start + 1} of the line)"
-            )
-            text = chunk.decode("utf-8", errors="replace")
-        if lineno == 1:
-            text = text.removeprefix("\ufeff")
-        lines.append(text + "\n")
-    return lines, bad
+    with open(path, "rb") as fh:
+        for lineno in itertools.count(1):
+            chunk = fh.readline(max_bytes + 1) if max_bytes else fh.readline()
+            if not chunk:
+                return
+            if max_bytes and len(chunk) > max_bytes:
+                while chunk and not chunk.endswith(b"\n"):
+                    chunk = fh.readline(1 << 20)
+                yield lineno, "\n", (f"row longer than {max_bytes} bytes, the cap of "
+                                      f"benchmark.max_row_bytes (try benchmark.max_row_bytes="
+                                      f"{10 * max_bytes})")  # fmt: skip
+                continue
+            text, error = _decode(chunk.removesuffix(b"\n"))
+            yield lineno, (text.removeprefix("\ufeff") if lineno == 1 else text) + "\n", error
+
+
+def _decode(chunk: bytes) -> tuple[str, str | None]:
+    try:
+        return chunk.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        why = (f"undecodable text: not valid UTF-8 "
+               f"(byte 0x{chunk[e.start]:02x} at byte {e.start + 1} of the line)")  # fmt: skip
+        return chunk.decode("utf-8", errors="replace"), why
 
 
 def _parse_json(text: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -93,22 +99,30 @@ def _parse_json(text: str) -> tuple[dict[str, Any] | None, str | None]:
     return value, None
 
 
-def read_json_lines(path: Path) -> Iterator[Record]:
+def read_json_lines(path: Path, max_row_bytes: int | None = None) -> Iterator[Record]:
     """Yield one record per non-blank line of a JSON-lines file."""
-    lines, bad = decode_lines(path)
     index = 0
-    for lineno, text in enumerate(lines, 1):
-        if not text.strip():
+    for lineno, text, bad in decode_lines(path, max_row_bytes):
+        if not text.strip() and bad is None:
             continue
-        fields, error = (None, bad[lineno]) if lineno in bad else _parse_json(text)
+        fields, error = (None, bad) if bad else _parse_json(text)
         yield Record(lineno, index, fields, error)
         index += 1
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, int, list[str] | None, str | None]]:
+def _csv_rows(
+    path: Path, max_row_bytes: int | None = None
+) -> Iterator[tuple[int, int, list[str] | None, str | None]]:
     """Yield ``(start line, end line, fields, error)`` for each non-blank CSV row."""
-    lines, bad = decode_lines(path)
-    reader = csv.reader(iter(lines))
+    bad: dict[int, str] = {}  # filled as the reader pulls lines
+
+    def lines() -> Iterator[str]:
+        for lineno, text, error in decode_lines(path, max_row_bytes):
+            if error:
+                bad[lineno] = error
+            yield text
+
+    reader = csv.reader(lines())
     while True:
         start = reader.line_num + 1
         try:
@@ -119,19 +133,19 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, int, list[str] | None, str | No
             yield start, reader.line_num, None, f"CSV error: {e}"
             continue
         end = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
         bad_line = next((n for n in range(start, end + 1) if n in bad), None)
-        if bad_line is not None:
+        if bad_line is not None:  # first: an over-long line reads as a blank one
             yield bad_line, end, None, bad[bad_line]
-        else:
+        elif any(cell.strip() for cell in row):
             yield start, end, row, None
 
 
-def _csv_records(path: Path, columns: tuple[str, ...] | None) -> Iterator[Record]:
+def _csv_records(
+    path: Path, columns: tuple[str, ...] | None, max_row_bytes: int | None
+) -> Iterator[Record]:
     """Records of a CSV file: ``columns`` names a headerless file's columns, None reads a header."""
     index = 0
-    for start, end, row, error in _csv_rows(path):
+    for start, end, row, error in _csv_rows(path, max_row_bytes):
         if columns is None:  # the first row is the header
             columns = _ceval_header(path, start, row, error)
             continue
@@ -161,18 +175,19 @@ def _ceval_header(path: Path, line: int, row: list[str] | None, error: str | Non
     return names
 
 
-def read_mmlu(path: Path) -> Iterator[Record]:
+def read_mmlu(path: Path, max_row_bytes: int | None = None) -> Iterator[Record]:
     """MMLU CSV: no header; question, A, B, C, D, answer letter."""
-    return _csv_records(path, MMLU_COLUMNS)
+    return _csv_records(path, MMLU_COLUMNS, max_row_bytes)
 
 
-def read_ceval(path: Path) -> Iterator[Record]:
+def read_ceval(path: Path, max_row_bytes: int | None = None) -> Iterator[Record]:
     """C-Eval CSV: a header naming id, question, A-D, answer (and explanation in dev)."""
-    return _csv_records(path, None)
+    return _csv_records(path, None, max_row_bytes)
 
 
-def read_table(path: Path) -> Iterator[Record]:
-    """Parquet (``.parquet``) or Arrow (``.arrow``) rows, read through ``datasets``."""
+def read_table(path: Path, max_row_bytes: int | None = None) -> Iterator[Record]:
+    """Parquet (``.parquet``) or Arrow (``.arrow``) rows, read through ``datasets`` (its
+    rows are typed columns, not lines: ``max_row_bytes`` does not apply)."""
     rows = _table_rows(path)
     if rows:
         missing = [c for c in RECORD_COLUMNS if c not in rows[0]]
@@ -224,11 +239,13 @@ def optional_text(fields: dict[str, Any], key: str) -> str | None:
 
 
 def check_choices(choices: Any) -> list[str]:
-    """Return ``choices`` if it is a list of at least 2 non-blank option texts."""
+    """Return ``choices`` if it is a list of 2 to 26 option texts (letters A-Z), 2 not blank."""
     if not isinstance(choices, list | tuple) or not all(isinstance(c, str) for c in choices):
         raise BadRow(f"options must be a list of texts; got {choices!r}")
     if sum(1 for c in choices if c.strip()) < 2:
         raise BadRow(f"fewer than 2 options: {list(choices)!r}")
+    if len(choices) > len(LETTERS):
+        raise BadRow(f"{len(choices)} options; at most {len(LETTERS)} (lettered A-Z) are supported")
     return list(choices)
 
 

@@ -181,16 +181,17 @@ class Format:
     """How one benchmark format is read: its file suffixes, reader and row converter."""
 
     suffixes: tuple[str, ...]
-    read: Callable[[Path], Iterator[Record]]
+    read: Callable[[Path, int | None], Iterator[Record]]  # (path, max_row_bytes)
     convert: Callable[[Record, FileContext], MCItem]
+    names_sets: bool = False  # a row may name its own set (so a limit cannot stop reading)
 
 
 SPECS: dict[str, Format] = {
-    "jsonl": Format((".jsonl",), read_json_lines, convert_record),
+    "jsonl": Format((".jsonl",), read_json_lines, convert_record, names_sets=True),
     "xiezhi": Format((".jsonl",), read_json_lines, convert_xiezhi),
     "mmlu": Format((".csv",), read_mmlu, convert_mmlu),
     "ceval": Format((".csv",), read_ceval, convert_ceval),
-    "parquet": Format((".parquet", ".arrow"), read_table, convert_record),
+    "parquet": Format((".parquet", ".arrow"), read_table, convert_record, names_sets=True),
 }
 
 
@@ -208,6 +209,7 @@ class LoadResult:
 
     items: list[MCItem] = field(default_factory=list)
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
+    kept: dict[str, int] = field(default_factory=dict)  # items per set
 
 
 def _spec(fmt: str) -> Format:
@@ -235,7 +237,11 @@ def _existing(path: str | os.PathLike | None) -> Path:
 
 
 def load_file(
-    path: str | os.PathLike | None, fmt: str, set_name: str = "exam", skip_bad_rows: bool = False
+    path: str | os.PathLike | None,
+    fmt: str,
+    set_name: str = "exam",
+    skip_bad_rows: bool = False,
+    max_row_bytes: int | None = None,
 ) -> LoadResult:
     """Load one benchmark file.
 
@@ -244,6 +250,7 @@ def load_file(
         fmt: one of :data:`FORMATS`.
         set_name: the ``set`` given to the items.
         skip_bad_rows: leave bad rows out and list them in ``skipped`` instead of raising.
+        max_row_bytes: a longer line is a bad row (it is never held in memory).
 
     Raises:
         DataError: the path is missing, not a file, empty, or (unless skipped) has a bad row.
@@ -252,7 +259,7 @@ def load_file(
     if p.is_dir():
         raise DataError(p, None, "is a folder; load_file reads one file (use load_path)")
     result = LoadResult()
-    _load_into(result, {}, p, spec, set_name, skip_bad_rows, None)
+    _load_into(result, {}, p, spec, ReadOptions(set_name, skip_bad_rows, None, max_row_bytes))
     return result
 
 
@@ -263,6 +270,7 @@ def load_path(
     skip_bad_rows: bool = False,
     limit: int | None = None,
     recursive: bool = False,
+    max_row_bytes: int | None = None,
 ) -> LoadResult:
     """Load a benchmark file, or every file of the format in a folder.
 
@@ -273,8 +281,11 @@ def load_path(
         fmt: one of :data:`FORMATS`.
         set_name: the ``set`` given to the items.
         skip_bad_rows: leave bad rows out and list them in ``skipped`` instead of raising.
-        limit: keep only the first ``limit`` items (files after that are not read).
+        limit: keep only the first ``limit`` items of each set. Reading stops there when
+            rows cannot name their own set (MMLU, C-Eval, Xiezhi: files after that are not
+            read); JSON-lines and Parquet rows past it are parsed but not kept.
         recursive: also read the files of every subfolder (``dev/``, ``val/``, ``test/``).
+        max_row_bytes: a longer line is a bad row (it is never held in memory).
 
     Raises:
         DataError: as :func:`load_file`; also for a folder without matching files and for
@@ -288,9 +299,9 @@ def load_path(
         )
     files = _folder_files(p, spec, fmt, recursive) if p.is_dir() else [p]
     result, seen = LoadResult(), {}
+    opts = ReadOptions(set_name, skip_bad_rows, limit, max_row_bytes)
     for f in files:
-        _load_into(result, seen, f, spec, set_name, skip_bad_rows, limit)
-        if limit is not None and len(result.items) >= limit:
+        if _load_into(result, seen, f, spec, opts):
             break
     if not result.items:
         raise DataError(p, None, f"no usable item: all {len(result.skipped)} rows are bad")
@@ -317,19 +328,27 @@ def _folder_files(folder: Path, spec: Format, fmt: str, recursive: bool = False)
     raise DataError(folder, None, f"no {pattern} file in this folder for format {fmt}{hint}")
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How rows are read: see :func:`load_path`."""
+
+    set_name: str = "exam"
+    skip_bad_rows: bool = False
+    limit: int | None = None  # per set
+    max_row_bytes: int | None = None
+
+
 def _load_into(
-    result: LoadResult,
-    seen: dict[str, str],
-    path: Path,
-    spec: Format,
-    set_name: str,
-    skip: bool,
-    limit: int | None,
-) -> None:
-    """Append ``path``'s items to ``result``; ``seen`` maps ids to where they were first seen."""
-    ctx = FileContext(path, set_name)
+    result: LoadResult, seen: dict[str, str], path: Path, spec: Format, opts: ReadOptions
+) -> bool:
+    """Append ``path``'s items to ``result``; ``seen`` maps ids to where they were first seen.
+
+    Returns:
+        True when the limit is reached and no later row can add an item (stop reading).
+    """
+    ctx = FileContext(path, opts.set_name)
     rows = 0
-    for rec in spec.read(path):
+    for rec in spec.read(path, opts.max_row_bytes):
         rows += 1
         try:
             if rec.error is not None:
@@ -338,13 +357,18 @@ def _load_into(
             if item.id in seen:
                 raise BadRow(f"duplicate id {item.id!r} (first at {seen[item.id]})")
         except BadRow as e:
-            if not skip:
+            if not opts.skip_bad_rows:
                 raise DataError(path, rec.line, e.reason) from None
             result.skipped.append((str(path), rec.line, e.reason))
             continue
         seen[item.id] = item.source
+        kept = result.kept.get(item.set, 0)
+        if opts.limit is not None and kept >= opts.limit:
+            continue  # its set is full; a later row may belong to another set
         result.items.append(item)
-        if limit is not None and len(result.items) >= limit:
-            return
+        result.kept[item.set] = kept + 1
+        if opts.limit is not None and not spec.names_sets and kept + 1 >= opts.limit:
+            return True
     if rows == 0:
         raise DataError(path, None, "file is empty: no rows to load")
+    return False

@@ -36,7 +36,14 @@ def load_files(b: DictConfig) -> dict[str, list[MCItem]]:
     from cem.benchmarks.loaders import load_path
 
     result = load_path(
-        b.path, b.name, set_name=b.set_name, skip_bad_rows=b.skip_bad_rows, recursive=b.split
+        b.path,
+        b.name,
+        set_name=b.set_name,
+        skip_bad_rows=b.skip_bad_rows,
+        recursive=b.split,
+        # The split draws from every item, so only an unsplit benchmark stops at the limit.
+        limit=None if b.split else b.limit,
+        max_row_bytes=b.max_row_bytes,
     )  # the split reads dev/, val/ and test/ alike
     if result.skipped:
         first = result.skipped[0]
@@ -96,14 +103,25 @@ def split_sets(
 
 def select_sets(sets: dict[str, list[MCItem]], wanted: list[str] | None) -> dict[str, list[MCItem]]:
     """The sets to score: ``wanted`` in order, or every set but the instruction pool."""
+    scorable = [s for s in sets if s != "pool"] or list(sets)
     if wanted is None:
-        return {name: items for name, items in sets.items() if name != "pool"}
+        chosen = {name: items for name, items in sets.items() if name != "pool"}
+        if not any(chosen.values()):  # a run that would score nothing
+            raise ConfigError(
+                "eval.sets", None,
+                f"leaves nothing to score: this benchmark's items are all in {list(sets)}, "
+                "and the pool is not scored unless asked for", f"eval.sets=[{','.join(scorable)}]",
+            )  # fmt: skip
+        return chosen
+    if not wanted:
+        raise ConfigError("eval.sets", wanted, "must name at least one set (null: all but the pool)",
+                          "eval.sets=null")  # fmt: skip
     unknown = [w for w in wanted if w not in sets]
     if unknown:
         raise ConfigError(
             "eval.sets",
             unknown,
             f"must name sets of this benchmark ({', '.join(sets)})",
-            f"eval.sets=[{','.join(s for s in sets if s != 'pool')}]",
+            f"eval.sets=[{','.join(scorable)}]",
         )
     return {name: sets[name] for name in wanted}

@@ -25,7 +25,15 @@ from cem.errors import CemError, DataError
 from cem.io import iter_jsonl
 from cem.knowledge.leak import guard_pairs
 from cem.knowledge.types import Passage
-from cem.validate import ConfigInvalid, at_least, check_benchmark, check_model, choice, in_unit
+from cem.validate import (
+    ConfigInvalid,
+    at_least,
+    check_benchmark,
+    check_model,
+    choice,
+    in_unit,
+    members,
+)
 
 PROTOCOLS = ("heldout", "retest")
 FORMULATIONS = ("cf", "mcf")
@@ -39,10 +47,9 @@ def check_instructions(ins: DictConfig) -> list[str]:
     n, e, r, g = ins.normative, ins.extractive, ins.review, ins.general
     problems = [at_least(f"instructions.{k}.share", ins[k].share, 0, 0.25) for k in CIT_KINDS]
     if n.enabled and not n.formulations:
-        problems.append("instructions.normative.formulations must not be empty (try [cf,mcf])")
-    problems += [
-        choice("instructions.normative.formulations", f, FORMULATIONS) for f in n.formulations
-    ]
+        problems.append("instructions.normative.formulations must not be empty "
+                        "(try instructions.normative.formulations=[cf,mcf])")  # fmt: skip
+    problems.append(members("instructions.normative.formulations", n.formulations, FORMULATIONS))
     problems.append(
         choice("instructions.extractive.question_source", e.question_source, QUESTION_SOURCES)
     )
@@ -91,8 +98,7 @@ def check_build(cfg: DictConfig) -> list[str]:
         problems.append(
             "knowledge.extractor_model must name an instruct model for "
             "instructions.extractive.question_source=llm (try knowledge.extractor_model="
-            "Qwen/Qwen2-7B-Instruct or a local folder, or "
-            "instructions.extractive.question_source=cloze)"
+            "Qwen/Qwen2-7B-Instruct or instructions.extractive.question_source=cloze)"
         )
     if mix.max_tokens is not None:
         problems.append(at_least("mix.max_tokens", mix.max_tokens, 1, 100000))

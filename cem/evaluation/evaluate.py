@@ -115,16 +115,26 @@ def evaluate(
     ecfg: DictConfig,
     bcfg: DictConfig,
     max_length: int,
+    partial=None,
 ) -> list[dict]:
-    """Records for every item of every set, each tagged with its formulation and mode."""
+    """Records for every item of every set, each tagged with its formulation and mode.
+
+    Items are scored ``eval.chunk_size`` at a time (``cem.evaluation.stream``); with
+    ``partial`` (a ``PartialRecords``), finished chunks are kept and resumed from.
+    """
+    from cem.evaluation.stream import score_in_chunks
+
     items = [it for name in sets for it in sets[name]]
-    if ecfg.mode == "generate":
-        records = score_generate(model, tokenizer, items, ecfg, bcfg)
-        label = "generate"
-    else:
-        records = score_loglik(model, tokenizer, items, ecfg, bcfg, max_length)
-        label = formulation_of(ecfg, bcfg)
-    for rec, item in zip(records, items, strict=False):
-        rec["formulation"] = label
-        rec["meta"] = item.meta
-    return records
+    label = "generate" if ecfg.mode == "generate" else formulation_of(ecfg, bcfg)
+
+    def score(chunk: list[MCItem]) -> list[dict]:
+        if ecfg.mode == "generate":
+            records = score_generate(model, tokenizer, chunk, ecfg, bcfg)
+        else:
+            records = score_loglik(model, tokenizer, chunk, ecfg, bcfg, max_length)
+        for rec, item in zip(records, chunk, strict=True):
+            rec["formulation"] = label
+            rec["meta"] = item.meta
+        return records
+
+    return score_in_chunks(items, ecfg.chunk_size, partial, score)

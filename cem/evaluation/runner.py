@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.registry import load_benchmark, select_sets
 from cem.config import resolve_run_dir
-from cem.io import write_json, write_jsonl
+from cem.io import remove_stale, write_json, write_jsonl
 from cem.ui import console, metrics_table
 from cem.validate import EVAL_CHECKS, validate
 
@@ -32,9 +32,11 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     # Heavy imports (torch, transformers) only once the config is known to be good.
     from cem.evaluation.evaluate import evaluate, formulation_of
     from cem.evaluation.metrics import summarise
+    from cem.evaluation.stream import PartialRecords, fingerprint
     from cem.models import load_model
 
     out = (run_dir or resolve_run_dir(cfg)) / "eval"
+    remove_stale(out)  # temp files of a write that a kill cut short
     sets = select_sets(
         load_benchmark(cfg.benchmark),
         OmegaConf.to_object(cfg.eval.sets) if cfg.eval.sets is not None else None,
@@ -47,7 +49,11 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model, seed=cfg.seed)
     t1 = time.perf_counter()
-    records = evaluate(model, tokenizer, sets, cfg.eval, cfg.benchmark, cfg.model.max_length)
+    # More than one chunk: keep each finished chunk, so that a stop loses one chunk at most.
+    partial = PartialRecords(out, fingerprint(cfg, n)) if n > cfg.eval.chunk_size else None
+    records = evaluate(
+        model, tokenizer, sets, cfg.eval, cfg.benchmark, cfg.model.max_length, partial
+    )
     t2 = time.perf_counter()
     metrics = summarise(records)
     if cfg.eval.general_probe:
@@ -60,6 +66,8 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
                       f"({probe['tokens']} tokens of {probe['passages']} passages)")  # fmt: skip
     t3 = time.perf_counter()
     write_jsonl(out / "records.jsonl", records)
+    if partial is not None:
+        partial.remove()
     write_json(out / "metrics.json", metrics)
     write_json(
         out / "timing.json",

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from cem.io import atomic_open
+from cem.io import atomic_open, ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class ResponseCache:
     """One JSON file per response under ``root/ab/abcdef....json``, written atomically."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        # Created now: a file in its place is one clear error, not a failure per response.
+        self.root = ensure_dir(root, "point CEM_CACHE (or the source's cache_dir) elsewhere")
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cem.errors import DataError
+from cem.io import ensure_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -289,18 +290,12 @@ def corpus_hash(texts: Iterable[str]) -> str:
 
 
 def index_root(index_dir: str | None) -> Path:
-    """``index_dir``, or ``$CEM_CACHE/indexes`` (``$CEM_CACHE`` defaults to ``~/.cache/cem``)."""
+    """``index_dir``, or ``$CEM_CACHE/indexes`` (``$CEM_CACHE`` defaults to ``~/.cache/cem``),
+    created; a file in its place is a StorageError with the fix."""
     if index_dir:
-        return Path(index_dir).expanduser()
-    return Path(os.environ.get("CEM_CACHE") or "~/.cache/cem").expanduser() / "indexes"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return ensure_dir(Path(index_dir).expanduser(), "give the source another index_dir")
+    root = Path(os.environ.get("CEM_CACHE") or "~/.cache/cem").expanduser() / "indexes"
+    return ensure_dir(root, "point CEM_CACHE at another folder")
 
 
 def load_cached(folder: Path, meta: dict, load: Callable[[Path], Any]) -> Any | None:
@@ -318,7 +313,7 @@ def load_cached(folder: Path, meta: dict, load: Callable[[Path], Any]) -> Any | 
             if manifest.get(key) != value:
                 raise ValueError(f"manifest {key}={manifest.get(key)!r}, expected {value!r}")
         for name, digest in manifest["files"].items():
-            if _sha256_file(folder / name) != digest:
+            if sha256_file(folder / name) != digest:
                 raise ValueError(f"checksum mismatch for {name}")
         return load(folder)
     except Exception as e:  # anything wrong with a cache means: rebuild it
@@ -337,7 +332,7 @@ def save_cached(folder: Path, meta: dict, save: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         save(tmp)
-        files = {p.name: _sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
             json.dump({**meta, "files": files}, fh, indent=2)
         try:

@@ -225,8 +225,8 @@ def check_web_search(cfg: Any, index: int) -> list[str]:
     if not cfg.endpoint:
         problems.append(
             f"{where}.endpoint must be the URL of {cls.label} for provider="
-            f"{provider.value}; got None (try knowledge/search={provider.value}, "
-            f"or knowledge.search.endpoint=<URL>)"
+            f"{provider.value} (or set knowledge.search.endpoint to it); got None "
+            f"(try knowledge/search={provider.value})"
         )
     elif urlsplit(str(cfg.endpoint)).scheme not in ("http", "https") or not host:
         problems.append(
@@ -236,8 +236,8 @@ def check_web_search(cfg: Any, index: int) -> list[str]:
     if cls.key_env and not cfg.api_key_env:
         problems.append(
             f"{where}.api_key_env must name the environment variable holding the "
-            f"key of {cls.label}; got None (try knowledge/search={provider.value}, "
-            f"which reads {cls.key_env}, and export {cls.key_env}=<your key>)"
+            f"key of {cls.label}, e.g. {cls.key_env} (then export {cls.key_env}=<your key>); "
+            f"got None (try knowledge/search={provider.value})"
         )
     elif cls.key_env and read_key(str(cfg.api_key_env)) is None:
         env = cfg.api_key_env

@@ -56,9 +56,11 @@ def check_run(cfg: DictConfig) -> list[str]:
     # check_build also covers run_dir, model and benchmark, which RUN_CHECKS has reported.
     build_view = OmegaConf.create({**OmegaConf.to_container(cfg), "round": 1})
     problems += [p for p in check_build(build_view) if p not in problems]
-    problems += check_train(cfg.train)
-    if "_target_" not in cfg.trainer:
-        problems.append("trainer needs a _target_ (lightning.Trainer) (try trainer=cpu)")
+    from cem.training.checks import check_lora_targets, check_trainer
+
+    problems += check_train(cfg.train) + check_trainer(cfg.trainer)
+    if not problems:  # builds the model's skeleton: only once the config is otherwise sound
+        problems += check_lora_targets(cfg.model, cfg.train)
     return problems
 
 
@@ -197,15 +199,31 @@ def run_loop(cfg: DictConfig) -> dict:
 
     Raises:
         ConfigInvalid: any config problem, all listed, before any compute.
+        RunLocked: another process is writing to the run folder.
         CemError: the run folder holds a run with another config, or a stage failed.
     """
-    problems = check_run(cfg)
-    if problems:
-        raise ConfigInvalid(problems)
+    from cem.loop.lock import run_lock
+    from cem.training.checks import check_devices
+
+    if OmegaConf.is_missing(cfg, "run_dir") or not cfg.run_dir:
+        raise ConfigInvalid(["run_dir must be set to the run's folder (try run_dir=runs/my_run)"])
+    root = resolve_run_dir(cfg)
+    # One writer per run folder; locked first, so that a second one leaves before any check.
+    with run_lock(root):
+        problems = check_run(cfg)
+        problems += [] if problems else check_devices(cfg.trainer)
+        if problems:
+            raise ConfigInvalid(problems)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        summary = _loop(cfg, root)
+    report(summary)
+    return summary
+
+
+def _loop(cfg: DictConfig, root: Path) -> dict:
+    """``run_loop`` on the locked run folder ``root``: every stage not done yet."""
     from cem.loop.mirror import RunLogger
 
-    root = resolve_run_dir(cfg)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     guard_config(root, cfg)
     sets = loop_sets(cfg)
     console.print(f"[bold]cem run[/] {cfg.model.name} on {cfg.benchmark.name}, "
@@ -225,7 +243,6 @@ def run_loop(cfg: DictConfig) -> dict:
         logger.update(summary, final=True)
     finally:
         logger.finish()
-    report(summary)
     return summary
 
 

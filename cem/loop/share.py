@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cem.io import read_json, write_json
+from cem.io import read_json, storage_errors, write_json
 from cem.loop import stages
 from cem.ui import console
 
@@ -94,7 +94,8 @@ def _place(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copy2(src, dst)
+        with storage_errors(dst):  # a full disk names the copy, not its source
+            shutil.copy2(src, dst)
 
 
 def _files(folder: Path, outputs: list[str]) -> list[Path]:
@@ -179,7 +180,8 @@ def run_shared(enabled: bool, folder: Path, stage: str, outputs: list[str], key:
 # What a reused run does not take from the finished one: its own Hydra files, W&B, logs,
 # locks and the results the loop rewrites at its end.
 NOT_REUSED = (".hydra", "wandb", "config.yaml", "summary.json", "summary.png", "metrics.csv",
-              "report.md", "report.csv", "report.png", "inspect.html")  # fmt: skip
+              "report.md", "report.csv", "report.png", "inspect.html",
+              ".lock", ".lock.json")  # fmt: skip
 
 
 def run_key(cfg: DictConfig) -> str:

@@ -3,13 +3,15 @@
 A stage is a call of the standalone command's own task (``run_eval``, ``run_retrieve``,
 ``run_build``, ``train_round``) on a job config cut from the loop's config, pointed at one
 round folder. ``<folder>/done/<stage>.json`` is written atomically after the stage's files,
-and records its wall time and a small result; a stage without it is run again, and its
-outputs are overwritten (training resumes from ``<folder>/checkpoints/last.ckpt``).
+and records its wall time, a small result and the sha256 of the files it vouches for; a
+stage without it, or whose files no longer match, is run again, and its outputs are
+overwritten (training resumes from ``<folder>/checkpoints/last.ckpt``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import tempfile
@@ -21,8 +23,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cem.config import BuildJob, EvalJob, RetrieveJob, TrainJob
-from cem.io import read_json, write_json
-from cem.ui import console
+from cem.errors import CemError
+from cem.io import public_perms, read_json, remove_stale, write_json
+from cem.loop.verify import check_marker, hash_outputs
+from cem.ui import console, warn
 
 DONE = "done"
 
@@ -46,8 +50,16 @@ def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
         doomed.append(trained[-1] / "model")
     gone = [p for p in doomed if p.is_dir()]
     for path in gone:
+        _record_pruned(path.parent, path.name)
         shutil.rmtree(path)
     return gone
+
+
+def _record_pruned(folder: Path, name: str) -> None:
+    """Note in the train marker that ``folder/name`` is deleted on purpose (not corrupt)."""
+    done = read_marker(folder, "train")
+    if done is not None and name not in done.get("pruned", []):
+        write_json(marker(folder, "train"), {**done, "pruned": [*done.get("pruned", []), name]})
 
 
 def round_folders(root: Path) -> list[Path]:
@@ -62,22 +74,40 @@ def marker(folder: Path, stage: str) -> Path:
 
 
 def read_marker(folder: Path, stage: str) -> dict | None:
-    """The stage's marker, or None when the stage has not finished."""
+    """The stage's marker, or None when the stage has not finished (or its marker is bad)."""
     path = marker(folder, stage)
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        done = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        done = f"not valid JSON ({e})"
+    if isinstance(done, dict) and "seconds" in done:
+        return done
+    warn(
+        f"{path} is not a done-marker ({done if isinstance(done, str) else 'no seconds'}); "
+        "the stage runs again"
+    )
+    return None
 
 
 def run_stage(folder: Path, stage: str, task: Callable[[], dict | None]) -> dict:
-    """Run ``task`` unless ``stage`` is done in ``folder``; write its marker last.
+    """Run ``task`` unless ``stage`` is done in ``folder`` and its files check out; write
+    its marker last, with the sha256 of every file it vouches for (``verify.OUTPUTS``).
 
     Returns:
-        The marker: ``{"stage", "seconds", "cpu_seconds", "finished_at", "result"}``.
+        The marker: ``{"stage", "seconds", "cpu_seconds", "finished_at", "result", "files"}``.
     """
     done = read_marker(folder, stage)
     if done is not None:
-        console.print(f"[dim]{folder.name}/{stage}: done ({done['seconds']:.1f}s), skipped[/]")
-        return done
+        problems = check_marker(folder, done)
+        if not problems:
+            console.print(f"[dim]{folder.name}/{stage}: done ({done['seconds']:.1f}s), skipped[/]")
+            return done
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        warn(f"{problems[0]}{more}; running {folder.name}/{stage} again")
     console.rule(f"[bold]{folder.name}[/] · {stage}")
+    remove_stale(folder)  # temp files of a write that a kill cut short
     start, cpu = time.perf_counter(), time.process_time()
     result = task() or {}
     info = {
@@ -87,6 +117,7 @@ def run_stage(folder: Path, stage: str, task: Callable[[], dict | None]) -> dict
         "cpu_seconds": time.process_time() - cpu,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "result": result,
+        "files": hash_outputs(folder, stage),
     }
     write_json(marker(folder, stage), info)
     return info
@@ -131,8 +162,21 @@ def eval_task(cfg: DictConfig, folder: Path, model_dir: Path | None, sets: list[
     """Score the model (``model_dir``, or the configured one) on ``sets``; write ``folder/eval``."""
     from cem.evaluation.runner import run_eval
 
+    if model_dir is not None:
+        need_model(model_dir, f"{folder.name}/eval")
     metrics = run_eval(eval_job(cfg, folder, model_dir, sets), run_dir=folder)
     return {name: {"acc": m["acc"], "n": m["n"]} for name, m in metrics.items()}
+
+
+def need_model(model_dir: Path, stage: str) -> None:
+    """A stage that runs again (its files failed their check) needs the model it started
+    from; ``loop.keep_models`` may have deleted it."""
+    if not (model_dir / "config.json").is_file():
+        raise CemError(
+            f"{stage} must run again but the model it starts from, {model_dir}, is gone "
+            "(loop.keep_models deletes superseded models); restore the stage's files or "
+            "start a new run_dir (loop.keep_models=all keeps every model)"
+        )
 
 
 def copy_eval(src: Path, folder: Path) -> dict:
@@ -142,6 +186,7 @@ def copy_eval(src: Path, folder: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=".eval.", suffix=".tmp", dir=folder))
     try:
         shutil.copytree(src / "eval", tmp, dirs_exist_ok=True)
+        public_perms(tmp)  # mkdtemp made it 0700
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -225,6 +270,7 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
     from cem.training.train import train_round
 
     if base is not None:
+        need_model(base, f"{folder.name}/train")
         link = folder / "model_in"
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)

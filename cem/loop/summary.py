@@ -292,42 +292,56 @@ def report(summary: dict) -> None:
 
 
 def gains_table(summary: dict, entries: list[dict]):
-    """Δexam, schema gain (Δtest) and knowledge gain with paired 95% intervals and p."""
+    """Δexam, schema gain (Δtest) and knowledge gain per round, each with its paired 95%
+    interval and p, then forgetting and Δgeneral_nll: one column per round, so that it fits
+    an 80-column terminal."""
     from rich.table import Table
 
     ref = summary["reference"]
-    t = Table(title=f"gains vs {ref} (points, paired 95% CI over items; p: McNemar / permutation)"
-              ", forgetting vs round 0 (%)")  # fmt: skip
-    for col in ("round", "Δexam", "p", "schema (Δtest)", "p", "knowledge", "p", "forg.E",
-                "forg.T", "Δgen.NLL"):  # fmt: skip
-        t.add_column(col, justify="right")
-    for e in entries:
-        iv = (e.get("intervals") or {}).get(f"vs_{ref}") or {}
-        f = e["forgetting"]
-        t.add_row(tag(e), _ci(iv.get(EXAM)), _p(iv.get(EXAM)), _ci(iv.get(TEST)),
-                  _p(iv.get(TEST)), _ci(iv.get("knowledge")), _p(iv.get("knowledge")),
-                  _pct(f.get(EXAM)), _pct(f.get(TEST)),
-                  _num((iv.get("general_nll") or {}).get("delta"), 3))  # fmt: skip
+    shown = [e for e in entries if (e.get("intervals") or {}).get(f"vs_{ref}")]
+    t = Table(title=f"gains vs {ref} (points; paired 95% CI over items; p: McNemar, "
+              "permutation for the knowledge gain); forgetting vs round 0 (%)")  # fmt: skip
+    t.add_column("", no_wrap=True)
+    for e in shown:
+        t.add_column(tag(e), justify="right")
+    ivs = [e["intervals"][f"vs_{ref}"] for e in shown]
+    for name, key in (("Δexam", EXAM), ("schema (Δtest)", TEST), ("knowledge", "knowledge")):
+        t.add_row(name, *(_ci(iv.get(key), multiline=True) for iv in ivs))
+    for name, key in (("forgetting exam", EXAM), ("forgetting test", TEST)):
+        t.add_row(name, *(_pct(e["forgetting"].get(key)) for e in shown))
+    t.add_row("Δgeneral NLL", *(_num((iv.get("general_nll") or {}).get("delta"), 3) for iv in ivs))
     return t
 
 
 def mistakes_table(summary: dict, entries: list[dict]):
-    """Per round: the mistakes by reason, the fix rate by hit / trained, the test flip rate
-    (the control), and the tokens and seconds."""
+    """Per round (a column each): the mistakes by reason, how many of the wrong ones the
+    next round fixed by hit / trained, the test set's flip rate (the control), and the
+    tokens, rows reached and seconds."""
     from rich.table import Table
 
-    t = Table(title="mistakes fixed by the next round (fixed/n): hit = a kept passage states "
-              "the answer, trained = a trained row does")  # fmt: skip
-    for col in ("round", "wrong", "ambig.", "hit+trained", "hit, untrained", "no hit",
-                "test flips", "CPT tok", "CIT tok", "s"):  # fmt: skip
-        t.add_column(col, justify="right")
+    t = Table(title="mistakes and cost per round; fixed/n by the next round (hit: a kept "
+              "passage states the answer; trained: a reached row does)")  # fmt: skip
+    t.add_column("", no_wrap=True)
     for e in entries:
-        d, reasons = e.get("diagnostics") or {}, e.get("mistakes_by_reason") or {}
-        fr = d.get("fix_rates_by_reason", {}).get("wrong") or d.get("fix_rates") or {}
-        t.add_row(tag(e), str(reasons.get("wrong", "")), str(reasons.get("ambiguous", "")),
-                  *(_frac(fr.get(g)) for g in diagnostics.GROUPS), _frac(d.get("control")),
-                  str(e["cpt_tokens"]), str(e["cit_tokens"]),
-                  f"{sum(e['seconds'].values()):.0f}")  # fmt: skip
+        t.add_column(tag(e), justify="right")
+    ds = [e.get("diagnostics") or {} for e in entries]
+    wrong = [d.get("fix_rates_by_reason", {}).get("wrong") or {} for d in ds]
+    reasons = [e.get("mistakes_by_reason") or {} for e in entries]
+    rows = [
+        ("mistakes: wrong", [str(r.get("wrong", "")) for r in reasons]),
+        ("mistakes: ambiguous", [str(r.get("ambiguous", "")) for r in reasons]),
+        ("fixed: hit + trained", [_frac(w.get("hit_trained")) for w in wrong]),
+        ("fixed: hit, untrained", [_frac(w.get("hit_not_trained")) for w in wrong]),
+        ("fixed: no hit", [_frac(w.get("no_hit")) for w in wrong]),
+        ("control: test flips", [_frac(d.get("control")) for d in ds]),
+        ("CPT tokens", [str(e["cpt_tokens"]) for e in entries]),
+        ("CIT tokens", [str(e["cit_tokens"]) for e in entries]),
+        ("rows reached", ["" if e.get("rows_total") is None
+                          else f"{e['rows_reached']}/{e['rows_total']}" for e in entries]),
+        ("seconds", [f"{sum(e['seconds'].values()):.0f}" for e in entries]),
+    ]  # fmt: skip
+    for name, cells in rows:
+        t.add_row(name, *cells)
     return t
 
 
@@ -339,15 +353,14 @@ def _num(x: float | None, digits: int) -> str:
     return "" if x is None else f"{x:+.{digits}f}"
 
 
-def _ci(g: dict | None) -> str:
+def _ci(g: dict | None, multiline: bool = False) -> str:
+    """``+8.3 [+6.3, +10.4]``, with ``p=0.0002`` on a line of its own when ``multiline``."""
     if not g:
         return ""
     lo, hi = g["ci"]
-    return f"{100 * g['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
-def _p(g: dict | None) -> str:
-    return "" if not g or g.get("p") is None else f"{g['p']:.3g}"
+    text = f"{100 * g['delta']:+.1f}" + ("\n" if multiline else " ")
+    text += f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return text + (f"\np={g['p']:.2g}" if multiline and g.get("p") is not None else "")
 
 
 def _frac(g: dict | None) -> str:

@@ -35,8 +35,9 @@ def block_causal_mask(segment_ids: torch.Tensor, impl: str, dtype: torch.dtype) 
     if impl == "eager":
         return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
     raise ConfigError(
-        "model attention implementation", impl, "must be sdpa or eager for packed training",
-        "train.pack=false, or load the model with attn_implementation=sdpa",
+        "model attention implementation", impl,
+        "must be sdpa or eager for packed training (or load the model with sdpa)",
+        "train.pack=false",
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ Layout of a run directory (METHOD.md, step 6)::
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import warnings
@@ -20,12 +21,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cem import signals
 from cem.config import resolve_run_dir
 from cem.errors import ConfigError
-from cem.io import write_json
+from cem.io import remove_stale, storage_errors, write_json
 from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES
 from cem.ui import console
-from cem.validate import at_least, check_model, choice, in_unit, validate
+from cem.validate import ConfigInvalid, at_least, check_model, choice, in_unit, validate
+
+CKPT = Path("checkpoints") / "last.ckpt"  # what a re-run of the stage resumes from
+LOGS = "train_logs"
 
 
 def check_train(t: DictConfig) -> list[str]:
@@ -51,8 +56,11 @@ def check_train(t: DictConfig) -> list[str]:
         problems.append("train.lora.target_modules must not be empty (try "
                         "train.lora.target_modules=[q_proj,v_proj])")  # fmt: skip
     for kind, w in t.loss_weights.items():
-        problems.append(choice("train.loss_weights key", kind, KINDS))
-        problems.append(at_least(f"train.loss_weights.{kind}", w, 0, 1.0))
+        if kind not in KINDS:
+            problems.append(f"train.loss_weights.{kind} names no kind; the kinds are "
+                            f"{', '.join(KINDS)} (try ~train.loss_weights.{kind})")  # fmt: skip
+        else:
+            problems.append(at_least(f"train.loss_weights.{kind}", w, 0, 1.0))
     return [p for p in problems if p]
 
 
@@ -76,10 +84,12 @@ def run_train(cfg: DictConfig) -> dict:
     Returns:
         The metrics also written to ``D/train/metrics.json``.
     """
-    validate(cfg, {"model": check_model, "train": check_train})
-    if "_target_" not in cfg.trainer:
-        raise ConfigError("trainer", dict(cfg.trainer), "needs a _target_ (lightning.Trainer)",
-                          "trainer=cpu")  # fmt: skip
+    from cem.training.checks import check_devices, check_lora_targets, check_trainer
+
+    validate(cfg, {"model": check_model, "train": check_train, "trainer": check_trainer})
+    problems = check_lora_targets(cfg.model, cfg.train) + check_devices(cfg.trainer)
+    if problems:
+        raise ConfigInvalid(problems)
     run_dir = resolve_run_dir(cfg)
     base = run_dir / "model_in"
     return train_round(cfg, run_dir, base if base.exists() else None)
@@ -96,6 +106,7 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     """
     import lightning as L
 
+    from cem.training.checkpoint import usable_checkpoint
     from cem.training.data import TrainDataModule, read_train_set
     from cem.training.finetune import load_base, prepare, save, trainable_share
     from cem.training.module import CemLM
@@ -109,18 +120,19 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     model = prepare(model, t.finetune, t.lora)
     module = CemLM(model, weights, t.lr, t.weight_decay, t.schedule, t.warmup_ratio)
     data = TrainDataModule(data_path, tokenizer, t.seq_len, t.batch_size, t.pack, t.seed)
+    remove_stale(run_dir)  # temp files of a write that a kill cut short
     trainer = build_trainer(cfg, run_dir, loggers)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = usable_checkpoint(run_dir / CKPT)
     trained, total = trainable_share(model)
     console.print(
         f"[bold]cem train[/] {t.finetune} on {base or cfg.model.name}: {trained:,} of {total:,} "
-        f"weights trainable" + (f"; resuming from {ckpt}" if ckpt.is_file() else "")
+        f"weights trainable" + (f"; resuming from {ckpt}" if ckpt else "")
     )
     # The data module resumes mid-epoch itself (TrainDataModule.state_dict), so Lightning's
     # warning that the dataloader is not resumable does not apply.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt if ckpt.is_file() else None)
+    fit(trainer, module, data, ckpt, run_dir / CKPT)
     seconds = time.perf_counter() - start
     metrics = _metrics(trainer, module, data, seconds, trained, total)
     if trainer.is_global_zero:
@@ -134,6 +146,24 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
             f"{epoch_loss_text(metrics['epoch_losses'])}; wrote {out}"
         )
     return metrics
+
+
+def fit(trainer, module, data, ckpt: Path | None, last: Path) -> None:
+    """``trainer.fit``, where SIGTERM or SIGINT stops at a batch end as ``Interrupted``.
+
+    Checkpoints report a full disk themselves; what else fit writes is Lightning's CSV log.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from cem.training.checkpoint import resume_detail
+
+    try:
+        with signals.graceful(), storage_errors(Path(trainer.default_root_dir) / LOGS):
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    except SIGTERMException:  # Lightning's own stop for the SIGTERM: a SystemExit with no code
+        signals.stop(resume_detail(last))
+        raise signals.Interrupted(signal.SIGTERM, resume_detail(last)) from None
+    signals.check()
 
 
 def epoch_loss_text(epochs: list[dict]) -> str:
@@ -155,26 +185,32 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence = ()):
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
+    from cem.training.checkpoint import AtomicCheckpointIO, StopOnSignal
+
     t = cfg.train
     callbacks = [
+        StopOnSignal(run_dir / CKPT),
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+            dirpath=run_dir / CKPT.parent,
             every_n_train_steps=t.checkpoint_every_n_steps,
             save_top_k=0,  # only last.ckpt: it is what a re-run resumes from
             save_last=True,
-        )
+        ),
     ]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
+    # Sharded strategies write checkpoint folders with their own writers.
+    sharded = str(cfg.trainer.get("strategy", "auto")).startswith(("fsdp", "deepspeed"))
     return instantiate(
         cfg.trainer,
         max_steps=t.max_steps,
         max_epochs=t.epochs if t.max_steps == -1 else -1,
         accumulate_grad_batches=t.grad_accum,
         callbacks=callbacks,
+        plugins=None if sharded else [AtomicCheckpointIO()],
         # Lightning saves every logger after each log call, so the CSV on disk holds every
         # step logged so far: what a continued run's W&B mirror replays (cem.loop.mirror).
-        logger=[CSVLogger(save_dir=run_dir, name="train_logs"), *loggers],
+        logger=[CSVLogger(save_dir=run_dir, name=LOGS), *loggers],
         enable_checkpointing=True,
         default_root_dir=run_dir,
         # The data module deals batches to ranks itself (phase order, resumable).
