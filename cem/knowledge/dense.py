@@ -91,11 +91,17 @@ def _dimension(model: Any) -> int:
 
 
 class DenseIndex:
-    """An exact inner-product index over embedded texts; hits are ``(position, cosine)``."""
+    """An exact inner-product index over embedded texts; hits are ``(position, cosine)``.
+
+    ``folder`` is its cache folder and ``cached`` says whether it was loaded from there
+    (set by ``load_or_build``).
+    """
 
     def __init__(self, index: Any, model: Any):
         self.index = index
         self.model = model
+        self.folder: Path | None = None
+        self.cached = False
 
     @classmethod
     def build(cls, texts: list[str], model: Any) -> DenseIndex:
@@ -145,10 +151,12 @@ class DenseIndex:
         index = load_cached(folder, meta, lambda f: cls.load(f, model, len(texts)))
         if index is not None:
             log.info("loaded dense index %s", folder)
+            index.folder, index.cached = folder, True
             return index
         log.info("embedding %d texts with %s into %s", len(texts), model_name, folder)
         index = cls.build(texts, model)
         save_cached(folder, meta, index.save)
+        index.folder = folder
         return index
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
