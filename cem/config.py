@@ -330,6 +330,8 @@ class TrainConfig:
     # Per kind; the CIT kinds left out take their instruction type's loss_weight.
     loss_weights: dict[str, float] = field(default_factory=lambda: {"cpt": 1.0, "replay": 1.0})
     checkpoint_every_n_steps: int = 50
+    # The merged model's safetensors shards: saving holds one in host memory at a time.
+    max_shard_size: str = "5GB"
     seed: int = II("seed")  # the job's seed
 
 

@@ -28,7 +28,7 @@ from transformers import (
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from cem import device as devices
-from cem.config import ModelConfig
+from cem.config import ModelConfig, TrainConfig
 from cem.errors import ConfigError, ModelError
 from cem.testing import TOKENIZER_DIR
 
@@ -145,9 +145,13 @@ def module_names(cfg: ModelConfig) -> list[str] | None:
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | os.PathLike,
+    max_shard_size: str = TrainConfig.max_shard_size,
 ) -> Path:
-    """Write safetensors weights, config and tokenizer to ``out_dir`` atomically.
+    """Write safetensors weights (``max_shard_size`` shards), config and tokenizer to
+    ``out_dir`` atomically.
 
     Everything is written to a temp folder beside ``out_dir`` and renamed into place, so
     ``out_dir`` never holds a half-written model; an existing ``out_dir`` is replaced. The
@@ -164,7 +168,7 @@ def save_model(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         old = out.with_name(f".{out.name}.old.{os.getpid()}")
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
             tokenizer.save_pretrained(tmp)
             public_perms(tmp)
             if out.exists():

@@ -9,6 +9,7 @@ import typing
 
 from omegaconf import DictConfig, OmegaConf
 
+from cem.training import SHARDED_STRATEGIES
 from cem.validate import at_least, choice, override_value
 
 # Trainer arguments that cem sets itself (cem.training.train.build_trainer), and from what.
@@ -74,11 +75,27 @@ def _trainer_choices(tr: DictConfig) -> list[str | None]:
 
 def check_devices(tr: DictConfig) -> list[str]:
     """What this machine lacks for the ``trainer`` group (run before compute, not by the
-    config tests, which compose the GPU presets on CPU-only machines)."""
+    config tests, which compose the GPU presets on CPU-only machines): CUDA for a GPU
+    accelerator and for the sharded strategies (Lightning runs FSDP and DeepSpeed on CUDA
+    only), and the deepspeed package (looked up, never imported)."""
+    import importlib.util
+
     import torch
 
-    accelerator = tr.get("accelerator", "auto")
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    accelerator, strategy = tr.get("accelerator", "auto"), str(tr.get("strategy", "auto"))
+    cuda = torch.cuda.is_available()
+    if strategy.startswith(SHARDED_STRATEGIES):
+        problems = []
+        if not cuda:
+            problems.append(f"trainer.strategy={strategy} shards the model over CUDA GPUs and "
+                            "none is visible (try trainer=cpu; data parallel on the CPU: "
+                            "trainer=ddp trainer.accelerator=cpu trainer.devices=2)")  # fmt: skip
+        if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"trainer.strategy={strategy} needs the deepspeed package, which "
+                            "is not installed (pip install -e '.[deepspeed]' on the CUDA "
+                            "machine, or try trainer=fsdp)")  # fmt: skip
+        return problems
+    if accelerator in ("gpu", "cuda") and not cuda:
         return [f"trainer.accelerator={accelerator} needs a CUDA GPU and none is visible "
                 "(try trainer=cpu)"]  # fmt: skip
     return []
