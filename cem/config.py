@@ -19,9 +19,9 @@ from omegaconf import II, MISSING, DictConfig
 # the one list. A continued run may change them (cem.loop.run), cem report does not tell
 # rows apart by them, finished runs are reused across them (cem.loop.share), and the
 # tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
-RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "trainer.enable_progress_bar",
-                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs",
-                  "loop.baseline")  # fmt: skip
+RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "eval.devices",
+                  "trainer.enable_progress_bar", "loop.keep_models", "loop.share_round0",
+                  "loop.reuse_runs", "loop.baseline")  # fmt: skip
 
 
 @dataclass
@@ -93,6 +93,9 @@ class EvalConfig:
     # passages unrelated to the benchmark, written to eval/general.json (forgetting).
     general_probe: bool = True
     progress: bool = True
+    # Processes that share the scoring, one per device (cem.evaluation.parallel): N > 1
+    # starts N ranks through torch.distributed.run; under torchrun its world size wins.
+    devices: int = 1
 
 
 class SearchProvider(StrEnum):

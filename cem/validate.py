@@ -158,6 +158,7 @@ def check_eval(e: DictConfig) -> list[str]:
         at_least("eval.batch_size", e.batch_size, 1, 32),
         at_least("eval.chunk_size", e.chunk_size, 1, 2048),
         at_least("eval.max_new_tokens", e.max_new_tokens, 1, 24),
+        at_least("eval.devices", e.devices, 1, 1),
     ]
     return [p for p in problems if p]
 

@@ -35,7 +35,7 @@ from cem.ui import console
 
 MANIFEST = "manifest.json"
 # Job keys that never change a stage's files (where it writes, progress bars).
-NEUTRAL = ("run_dir", "eval.progress", "trainer.enable_progress_bar")
+NEUTRAL = ("run_dir", "eval.progress", "eval.devices", "trainer.enable_progress_bar")
 
 
 def cache_dir() -> Path:
