@@ -39,10 +39,8 @@ def test_sharded_presets_are_refused_without_cuda_before_compute(tmp_path, no_cu
     strategy = {"fsdp": "fsdp", "deepspeed_zero3": "deepspeed_stage_3"}.get(
         trainer, "deepspeed_stage_2"
     )
-    assert f"trainer.strategy={strategy} shards the model over CUDA GPUs and none is visible " in (
-        str(err.value)
-    )
-    assert "(try trainer=cpu" in str(err.value)
+    assert (f"trainer.strategy={strategy} shards the model over CUDA GPUs and none is "
+            "visible (try trainer=cpu)") in str(err.value)  # fmt: skip
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
 
 
@@ -166,3 +164,30 @@ def test_a_bad_shard_size_names_the_key_and_the_fix(tmp_path):
         "(try train.max_shard_size=5GB)"
     ]
     assert check_train(compose_train(tmp_path, "train.max_shard_size=500MB").train) == []
+
+
+def test_cem_run_refuses_a_trainer_of_several_ranks_before_compute(tmp_path, monkeypatch):
+    """Its extra ranks would re-run the whole loop, stop at the run folder's lock, and
+    leave rank 0 waiting for them."""
+    from test_tables import compose_run
+
+    from cem.loop.run import run_loop
+
+    cfg = compose_run("model=tiny_random_llama", "trainer=ddp", "trainer.accelerator=cpu",
+                      "trainer.devices=2", f"run_dir={tmp_path / 'run'}")  # fmt: skip
+    with pytest.raises(ConfigInvalid) as err:
+        run_loop(cfg)
+    assert "trainer.devices=2 on trainer.num_nodes=1 makes 2 training ranks, and cem run " in (
+        str(err.value)
+    )
+    assert "torchrun --nproc_per_node=N -m cem.training.train run_dir=<run>/round_<r>" in (
+        str(err.value)
+    )
+    assert not (tmp_path / "run" / "round_0").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    fsdp = OmegaConf.create({"accelerator": "gpu", "devices": -1, "strategy": "fsdp"})
+    assert "makes 8 training ranks" in checks.check_one_process(fsdp)[0]
+    assert checks.check_one_process(OmegaConf.merge(fsdp, {"devices": 1})) == []
+    two_nodes = OmegaConf.merge(fsdp, {"devices": 1, "num_nodes": 2})
+    assert "makes 2 training ranks" in checks.check_one_process(two_nodes)[0]
