@@ -19,9 +19,9 @@ from omegaconf import II, MISSING, DictConfig
 # the one list. A continued run may change them (cem.loop.run), cem report does not tell
 # rows apart by them, finished runs are reused across them (cem.loop.share), and the
 # tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
-RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "trainer.enable_progress_bar",
-                  "loop.keep_models", "loop.share_round0", "loop.reuse_runs",
-                  "loop.baseline")  # fmt: skip
+RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "eval.devices",
+                  "trainer.enable_progress_bar", "loop.keep_models", "loop.share_round0",
+                  "loop.reuse_runs", "loop.baseline")  # fmt: skip
 
 
 @dataclass
@@ -37,6 +37,9 @@ class ModelConfig:
     random_init: bool = False  # build from ``arch`` with random weights (tests only)
     arch: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs for ``random_init``
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    # Where inference runs (eval, generate, the extractor, the question writer, the dense
+    # embedder): auto (the GPU when there is one) | cpu | cuda | cuda:N (cem.device).
+    device: str = "auto"
     revision: str | None = None
     trust_remote_code: bool = False
     chat: bool = False  # an instruct/chat model: generation mode wraps prompts in its chat template
@@ -90,6 +93,9 @@ class EvalConfig:
     # passages unrelated to the benchmark, written to eval/general.json (forgetting).
     general_probe: bool = True
     progress: bool = True
+    # Processes that share the scoring, one per device (cem.evaluation.parallel): N > 1
+    # starts N ranks through torch.distributed.run; under torchrun its world size wins.
+    devices: int = 1
 
 
 class SearchProvider(StrEnum):
@@ -111,6 +117,15 @@ class SearchConfig:
     api_key_env: str | None = None  # the env var holding the key (keyed providers only)
 
 
+class EmbeddingDtype(StrEnum):
+    """The dense embedder's weights (``cem.knowledge.dense.embedding_dtype``)."""
+
+    auto = "auto"  # bfloat16 on a GPU or a CPU with native bf16 (AVX512-BF16, AMX), else float32
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 @dataclass
 class SourceConfig:
     """One knowledge source. ``kind`` picks the implementation; other keys tune it."""
@@ -126,6 +141,9 @@ class SourceConfig:
     retriever: str = "bm25"  # local_corpus: bm25 | dense
     embedding_asset: str = "minilm-l6-v2"  # dense retrieval: the sentence-embedding asset
     embedding_model: str | None = None  # or a local folder / hub id, which wins over the asset
+    # bf16 builds the default index in 44 s instead of 131 s (2 CPU cores), top-5 overlap
+    # with float32 0.99-1.0 (benchmarks/RESULTS.md); the dtype is part of the index's key.
+    embedding_dtype: EmbeddingDtype = EmbeddingDtype.auto
     index_dir: str | None = None  # where indexes are cached; null: $CEM_CACHE/indexes
     # HTTP sources (wikipedia_api, web_search).
     provider: SearchProvider = SearchProvider.searxng  # web_search: the search API
@@ -315,6 +333,8 @@ class TrainConfig:
     # Per kind; the CIT kinds left out take their instruction type's loss_weight.
     loss_weights: dict[str, float] = field(default_factory=lambda: {"cpt": 1.0, "replay": 1.0})
     checkpoint_every_n_steps: int = 50
+    # The merged model's safetensors shards: saving holds one in host memory at a time.
+    max_shard_size: str = "5GB"
     seed: int = II("seed")  # the job's seed
 
 

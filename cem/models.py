@@ -3,7 +3,8 @@
 A model comes from exactly one of: an offline asset (``model.asset``, see ``cem assets
 list``), a local folder or hub id (``model.path``), or a seeded random tiny Llama
 (``model.random_init``, tests only, no download). Every model comes back in eval mode with
-a tokenizer that has a pad token.
+a tokenizer that has a pad token, on the device ``model.device`` resolves to
+(``cem.device.resolve_device``), its weights cast to ``model.dtype`` as they are read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from transformers import (
 )
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from cem.config import ModelConfig
+from cem import device as devices
+from cem.config import ModelConfig, TrainConfig
 from cem.errors import ConfigError, ModelError
 from cem.testing import TOKENIZER_DIR
 
@@ -66,13 +68,14 @@ def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     """
     _quiet_transformers()
     dtype = torch_dtype(cfg.dtype)
+    device = devices.resolve_device(cfg.device)
     if cfg.asset:
-        model, tok = _load_asset(cfg, dtype)
+        model, tok = _load_asset(cfg, dtype, device)
     elif cfg.random_init:
         tok = _load_tokenizer(str(cfg.tokenizer or TOKENIZER_DIR), cfg)
-        model = random_llama(_plain(cfg.arch), tok, seed, dtype)
+        model = random_llama(_plain(cfg.arch), tok, seed, dtype).to(device)
     elif cfg.path:
-        model, tok = _load_pretrained(cfg, dtype)
+        model, tok = _load_pretrained(cfg, dtype, device)
     else:
         raise ConfigError(
             "model",
@@ -142,9 +145,13 @@ def module_names(cfg: ModelConfig) -> list[str] | None:
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | os.PathLike,
+    max_shard_size: str = TrainConfig.max_shard_size,
 ) -> Path:
-    """Write safetensors weights, config and tokenizer to ``out_dir`` atomically.
+    """Write safetensors weights (``max_shard_size`` shards), config and tokenizer to
+    ``out_dir`` atomically.
 
     Everything is written to a temp folder beside ``out_dir`` and renamed into place, so
     ``out_dir`` never holds a half-written model; an existing ``out_dir`` is replaced. The
@@ -161,7 +168,7 @@ def save_model(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         old = out.with_name(f".{out.name}.old.{os.getpid()}")
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
             tokenizer.save_pretrained(tmp)
             public_perms(tmp)
             if out.exists():
@@ -193,7 +200,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _load_asset(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+def _load_asset(cfg: ModelConfig, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, Any]:
     from cem.assets.fetch import asset_dir
     from cem.assets.registry import ASSETS
 
@@ -203,13 +210,15 @@ def _load_asset(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, 
             "model.asset=smollm2-135m-instruct",
         )  # fmt: skip
     folder = asset_dir(cfg.asset)
-    model = _from_pretrained(str(folder), cfg, dtype, "model.asset")
+    model = _from_pretrained(str(folder), cfg, dtype, device, "model.asset")
     return model, _load_tokenizer(str(cfg.tokenizer or folder), cfg)
 
 
-def _load_pretrained(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+def _load_pretrained(
+    cfg: ModelConfig, dtype: torch.dtype, device: str
+) -> tuple[PreTrainedModel, Any]:
     path = _resolve_path(cfg.path)
-    model = _from_pretrained(path, cfg, dtype, "model.path")
+    model = _from_pretrained(path, cfg, dtype, device, "model.path")
     return model, _load_tokenizer(str(cfg.tokenizer or path), cfg)
 
 
@@ -227,13 +236,24 @@ def _resolve_path(path: str) -> str:
     return path
 
 
-def _from_pretrained(path: str, cfg: ModelConfig, dtype: torch.dtype, key: str) -> PreTrainedModel:
+def _from_pretrained(
+    path: str, cfg: ModelConfig, dtype: torch.dtype, device: str, key: str
+) -> PreTrainedModel:
+    """A local plain safetensors folder is streamed (``cem.weights``); anything else, and a
+    pinned ``model.revision``, goes through ``from_pretrained`` placed by ``device_map``."""
     from safetensors import SafetensorError  # a truncated or corrupt weights file
 
+    from cem.weights import stream_load
+
     try:
+        if Path(path).is_dir() and not cfg.revision:
+            model = stream_load(Path(path), dtype, device, cfg.trust_remote_code)
+            if model is not None:
+                return model
         return AutoModelForCausalLM.from_pretrained(
-            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype
-        )
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype,
+            device_map={"": device},
+        )  # fmt: skip
     except (OSError, ValueError, SafetensorError) as e:
         raise ModelError(
             f"could not load the model at {key}={path!r}: {str(e).rstrip('.')}. Check the folder or hub id; a hub "

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
 from cem.benchmarks.world import TRANSFER_SETS as WORLD_TRANSFER
+from cem.device import device_problem
 from cem.errors import CemError
 
 FORMULATIONS = ("mcf", "cf")
@@ -86,7 +87,7 @@ def in_unit(key: str, value: object, fix: float, *, open_low: bool = False) -> s
 
 
 def check_model(m: DictConfig) -> list[str]:
-    problems = [choice("model.dtype", m.dtype, DTYPES)]
+    problems = [choice("model.dtype", m.dtype, DTYPES), device_problem("model.device", m.device)]
     sources = [bool(m.asset), bool(m.path), bool(m.random_init)]
     if sum(sources) != 1:
         # Too many: keep the most specific (a path, then an asset) and clear the others.
@@ -154,6 +155,7 @@ def check_eval(e: DictConfig) -> list[str]:
         at_least("eval.batch_size", e.batch_size, 1, 32),
         at_least("eval.chunk_size", e.chunk_size, 1, 2048),
         at_least("eval.max_new_tokens", e.max_new_tokens, 1, 24),
+        at_least("eval.devices", e.devices, 1, 1),
     ]
     return [p for p in problems if p]
 

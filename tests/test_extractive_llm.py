@@ -237,14 +237,14 @@ def test_llm_questions_need_the_extractor_model(root):
 def test_build_counts_llm_questions_and_guards_them(root, monkeypatch):
     made = []
 
-    def fake_extractor(model_path, max_new_tokens, batch_size=8):
-        made.append((model_path, max_new_tokens))
+    def fake_extractor(model_path, max_new_tokens, *, device, batch_size=8):
+        made.append((model_path, max_new_tokens, device))
         # Angolia's question restates the exam item: the heldout guard must drop its rows.
         return canned({**REPLIES, SENTENCE: "What is the capital of Angolia?"})
 
     monkeypatch.setattr(retrieve_mod, "extractor_generate", fake_extractor)
     stats = build(root, LLM, "knowledge.extractor_model=/models/instruct", "mix.cit_ratio=0.9")
-    assert made == [("/models/instruct", 48)]
+    assert made == [("/models/instruct", 48, "cpu")]  # the tiny model's model.device
     assert stats["extractive_llm_questions"] == 1 and stats["extractive_llm_fallbacks"] == 1
     stored = json.loads((root / "D/train_set/stats.json").read_text())
     assert stored["extractive_llm_fallback_reasons"] == {"leaks_answer": 1}

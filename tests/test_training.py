@@ -359,7 +359,9 @@ def test_unknown_loss_weight_kind_fails(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "trainer", ["cpu", "gpu", "ddp", "fsdp", "deepspeed"], ids=lambda t: f"{t}_yaml"
+    "trainer",
+    ["cpu", "gpu", "ddp", "fsdp", "deepspeed", "deepspeed_zero2", "deepspeed_zero3"],
+    ids=lambda t: f"{t}_yaml",
 )
 def test_trainer_configs_compose(tmp_path, trainer):
     cfg = compose_train(tmp_path, f"trainer={trainer}")

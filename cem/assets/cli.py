@@ -61,7 +61,19 @@ def _fetch(console: Console, names: list[str], force: bool) -> int:
         console.print(
             f"{name}: ready in {time.perf_counter() - t0:.1f}s -> {path}", highlight=False
         )
+    _prebuild(console, names)
     return 0
+
+
+def _prebuild(console: Console, names: list[str]) -> None:
+    """The indexes these assets make (cem.knowledge.prebuild), so that no run builds them."""
+    from cem.knowledge.prebuild import due, prebuild
+
+    for kind in due(names):
+        with console.status(f"building the knowledge={kind} index ..."):
+            built = prebuild(kind)
+        state = "already built" if built.cached else f"built in {built.seconds:.1f}s"
+        console.print(f"knowledge={kind} index: {state} -> {built.folder}", highlight=False)
 
 
 def _table(rows: list[AssetStatus], title: str) -> Table:

@@ -321,8 +321,9 @@ def build_candidates(
             from cem.knowledge.retrieve import extractor_generate
 
             generate = extractor_generate(
-                cfg.knowledge.extractor_model, ins.extractive.llm_max_new_tokens
-            )
+                cfg.knowledge.extractor_model, ins.extractive.llm_max_new_tokens,
+                device=cfg.model.device,
+            )  # fmt: skip
         cit["extractive"] = extractive_rows(
             mistakes, passages, ins.extractive, renderer, rnd, generate=generate, stats=counts
         )

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from cem.benchmarks.prompts import mcf_prompt, render
 from cem.benchmarks.schema import MCItem
 from cem.errors import ConfigError
+from cem.evaluation.parallel import ALONE, Ranks
 
 GENERATE_SUFFIX = "\nAnswer with the letter of the correct option."
 
@@ -53,8 +54,16 @@ def loglik_requests(items: list[MCItem], tokenizer, ecfg: DictConfig, bcfg: Dict
 
 
 def score_loglik(
-    model, tokenizer, items: list[MCItem], ecfg: DictConfig, bcfg: DictConfig, max_length: int
+    model,
+    tokenizer,
+    items: list[MCItem],
+    ecfg: DictConfig,
+    bcfg: DictConfig,
+    max_length: int,
+    group: Ranks = ALONE,
 ) -> list[dict]:
+    """One record per item; in a data-parallel evaluation, rank 0's are every item's and
+    the other ranks' are none."""
     from cem.evaluation.metrics import make_record
     from cem.evaluation.scorer import score_requests
 
@@ -65,8 +74,12 @@ def score_loglik(
         requests,
         batch_size=ecfg.batch_size,
         max_length=max_length,
-        progress=ecfg.progress,
+        progress=ecfg.progress and group.leader,
+        shard=group if group.world > 1 else None,
     )
+    scores = group.merge(scores)
+    if scores is None:
+        return []
     return [
         make_record(it, s, r.continuations)
         for it, s, r in zip(items, scores, requests, strict=False)
@@ -74,8 +87,10 @@ def score_loglik(
 
 
 def score_generate(
-    model, tokenizer, items: list[MCItem], ecfg: DictConfig, bcfg: DictConfig
-) -> list[dict]:
+    model, tokenizer, items: list[MCItem], ecfg: DictConfig, bcfg: DictConfig,
+    group: Ranks = ALONE,
+) -> list[dict]:  # fmt: skip
+    """As ``score_loglik``, from a greedy answer per item (``eval.mode=generate``)."""
     from cem.evaluation.generate import extract_choice, generate_texts
 
     prompts = [
@@ -83,8 +98,12 @@ def score_generate(
         for it in items
     ]
     texts = generate_texts(
-        model, tokenizer, prompts, max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size
-    )
+        model, tokenizer, prompts, max_new_tokens=ecfg.max_new_tokens,
+        batch_size=ecfg.batch_size, shard=group if group.world > 1 else None,
+    )  # fmt: skip
+    texts = group.merge(texts)
+    if texts is None:
+        return []
     records = []
     for item, text in zip(items, texts, strict=False):
         pred = extract_choice(text, item.choices)
@@ -116,11 +135,14 @@ def evaluate(
     bcfg: DictConfig,
     max_length: int,
     partial=None,
+    group: Ranks = ALONE,
 ) -> list[dict]:
     """Records for every item of every set, each tagged with its formulation and mode.
 
     Items are scored ``eval.chunk_size`` at a time (``cem.evaluation.stream``); with
-    ``partial`` (a ``PartialRecords``), finished chunks are kept and resumed from.
+    ``partial`` (a ``PartialRecords``), finished chunks are kept and resumed from. With
+    ``group`` (``cem.evaluation.parallel``), this rank scores its share of each chunk and
+    rank 0 gets every record; the other ranks get none.
     """
     from cem.evaluation.stream import score_in_chunks
 
@@ -129,12 +151,14 @@ def evaluate(
 
     def score(chunk: list[MCItem]) -> list[dict]:
         if ecfg.mode == "generate":
-            records = score_generate(model, tokenizer, chunk, ecfg, bcfg)
+            records = score_generate(model, tokenizer, chunk, ecfg, bcfg, group)
         else:
-            records = score_loglik(model, tokenizer, chunk, ecfg, bcfg, max_length)
+            records = score_loglik(model, tokenizer, chunk, ecfg, bcfg, max_length, group)
+        if not group.leader:
+            return records
         for rec, item in zip(records, chunk, strict=True):
             rec["formulation"] = label
             rec["meta"] = item.meta
         return records
 
-    return score_in_chunks(items, ecfg.chunk_size, partial, score)
+    return score_in_chunks(items, ecfg.chunk_size, partial, score, group)

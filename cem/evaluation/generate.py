@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
 
 from cem.benchmarks.schema import LETTERS
+
+if TYPE_CHECKING:
+    from cem.evaluation.parallel import Ranks
 
 # The word "answer" in any case, then an upper-case letter: "The answer is B",
 # "Answer: (B)", "answer - B". A lower-case letter is too often the article "a".
@@ -20,13 +24,15 @@ _BRACKETED = re.compile(r"\(([A-Z])\)")
 
 
 def generate_texts(
-    model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int
-) -> list[str]:
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+    shard: Ranks | None = None,
+) -> list[str | None]:  # fmt: skip
     """Greedy continuations of each prompt, decoded without the prompt, in input order.
 
     Prompts are batched by length with left padding, so that every row's next token sits
     in the last column. Special tokens are added as lm-eval does: unless the prompt already
-    starts with the BOS text (as chat-templated prompts do).
+    starts with the BOS text (as chat-templated prompts do). With ``shard``, only this
+    rank's batches are generated (``cem.evaluation.parallel``); the others' texts are None.
     """
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     pad_id = (
@@ -34,11 +40,13 @@ def generate_texts(
     )
     bos = tokenizer.bos_token
     device = next(model.parameters()).device
-    out: list[str] = [""] * len(prompts)
+    out: list[str | None] = [None if shard is not None else ""] * len(prompts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(order), batch_size):
+            if shard is not None and not shard.mine(start // batch_size):
+                continue
             idx = order[start : start + batch_size]
             texts = [prompts[i] for i in idx]
             kwargs = {"add_special_tokens": False} if bos and texts[0].startswith(bos) else {}

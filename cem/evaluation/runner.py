@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.registry import load_benchmark, select_sets
 from cem.config import resolve_run_dir
+from cem.evaluation.parallel import Ranks, launch, launched, ranks
 from cem.io import remove_stale, write_json, write_jsonl
 from cem.layout import RoundDir, write_stage_config
 from cem.ui import console, metrics_table
@@ -28,36 +29,55 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
 
     Returns:
         The metrics, shaped ``{set: {"acc", "acc_norm", "n", "acc_ci", "acc_norm_ci"}}``.
+
+    With ``eval.devices`` above 1, or under ``torchrun``, the items are scored by several
+    ranks (``cem.evaluation.parallel``); the files are the same.
     """
     validate(cfg, EVAL_CHECKS)
+    root = run_dir or resolve_run_dir(cfg)
+    if cfg.eval.devices > 1 and not launched():
+        return launch(cfg, root)  # eval.devices ranks, each running this function
+    with ranks(cfg.model.device) as group:
+        metrics = _evaluate_and_write(cfg, RoundDir(root), group)
+        return group.broadcast(metrics)
+
+
+def _evaluate_and_write(cfg: DictConfig, folder: RoundDir, group: Ranks) -> dict | None:
+    """Score every item, this rank's share of them; rank 0 writes the files (and returns
+    the metrics, None elsewhere)."""
     # Heavy imports (torch, transformers) only once the config is known to be good.
     from cem.evaluation.evaluate import evaluate, formulation_of
     from cem.evaluation.metrics import summarise
     from cem.evaluation.stream import PartialRecords, fingerprint
     from cem.models import load_model
 
-    folder = RoundDir(run_dir or resolve_run_dir(cfg))
     out = folder.eval
-    remove_stale(out)  # temp files of a write that a kill cut short
+    say = console.print if group.leader else lambda *_, **__: None
+    if group.leader:
+        remove_stale(out)  # temp files of a write that a kill cut short
     sets = select_sets(
         load_benchmark(cfg.benchmark),
         OmegaConf.to_object(cfg.eval.sets) if cfg.eval.sets is not None else None,
     )
     n = sum(len(v) for v in sets.values())
-    console.print(
+    ranks_note = f" on {group.world} ranks" if group.world > 1 else ""
+    say(
         f"[bold]cem eval[/] {cfg.model.name} on {cfg.benchmark.name}: {n} questions "
-        f"in {len(sets)} sets, formulation={formulation_of(cfg.eval, cfg.benchmark)}"
+        f"in {len(sets)} sets, formulation={formulation_of(cfg.eval, cfg.benchmark)}{ranks_note}"
     )
     t0 = time.perf_counter()
     model, tokenizer = load_model(cfg.model, seed=cfg.seed)
     t1 = time.perf_counter()
     # More than one chunk: keep each finished chunk, so that a stop loses one chunk at most.
-    chunked = n > cfg.eval.chunk_size
+    # Rank 0 alone keeps them.
+    chunked = n > cfg.eval.chunk_size and group.leader
     partial = PartialRecords(folder.partial_records, fingerprint(cfg, n)) if chunked else None
     records = evaluate(
-        model, tokenizer, sets, cfg.eval, cfg.benchmark, cfg.model.max_length, partial
+        model, tokenizer, sets, cfg.eval, cfg.benchmark, cfg.model.max_length, partial, group
     )
     t2 = time.perf_counter()
+    if not group.leader:
+        return None
     metrics = summarise(records)
     if cfg.eval.general_probe:
         from cem.benchmarks.probe import probe_passages

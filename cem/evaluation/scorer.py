@@ -27,12 +27,16 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache
 
 from cem.benchmarks.schema import Request
 from cem.errors import CemError
+
+if TYPE_CHECKING:
+    from cem.evaluation.parallel import Ranks
 
 # A batch closes early rather than pad more than 10% over its real tokens.
 _PAD_SLACK = 1.1
@@ -71,7 +75,8 @@ def score_requests(
     batch_size: int = 32,
     max_length: int = 2048,
     progress: bool = False,
-) -> list[list[float]]:
+    shard: Ranks | None = None,
+) -> list[list[float | None]]:
     """Summed log-probability of each continuation of each request, in input order.
 
     Args:
@@ -81,10 +86,13 @@ def score_requests(
         batch_size: questions per forward pass.
         max_length: longest input; longer inputs lose tokens on the left, as in lm-eval.
         progress: show a progress bar with questions per second.
+        shard: score only the batches this rank owns (``cem.evaluation.parallel``); the
+            options of the other batches are None.
     """
     scored = score_requests_full(
-        model, tokenizer, requests, batch_size=batch_size, max_length=max_length, progress=progress
-    )
+        model, tokenizer, requests, batch_size=batch_size, max_length=max_length,
+        progress=progress, shard=shard,
+    )  # fmt: skip
     return [s.logliks for s in scored]
 
 
@@ -96,6 +104,7 @@ def score_requests_full(
     batch_size: int = 32,
     max_length: int = 2048,
     progress: bool = False,
+    shard: Ranks | None = None,
 ) -> list[Scored]:
     """As ``score_requests`` but also returns each continuation's token count."""
     if batch_size < 1:
@@ -107,7 +116,8 @@ def score_requests_full(
             f"tokens); the model uses {attn!r} (load it with attn_implementation='sdpa')"
         )
     units = build_units(tokenizer, requests, max_length)
-    logliks = [[0.0] * len(r.continuations) for r in requests]
+    unset = None if shard is not None else 0.0  # a shard leaves the others' options unset
+    logliks = [[unset] * len(r.continuations) for r in requests]
     n_tokens = [[0] * len(r.continuations) for r in requests]
     parts = [0] * len(requests)
     for u in units:
@@ -115,12 +125,16 @@ def score_requests_full(
     # Longest rows first, so that an out-of-memory error comes at once, not at the end;
     # rows of similar length share a batch, so that little of it is padding.
     order = sorted(units, key=lambda u: -_row_len(u))
+    batches = list(_batches(order, batch_size))
+    if shard is not None:  # every rank plans the same batches and scores its own
+        batches = [b for i, b in enumerate(batches) if shard.mine(i)]
+    total = round(sum(1 / parts[u.req] for b in batches for u in b))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # dropout (LoRA's included) would make scores random
     try:
-        with torch.inference_mode(), _progress(progress, len(requests)) as advance:
-            for batch in _batches(order, batch_size):
+        with torch.inference_mode(), _progress(progress, total) as advance:
+            for batch in batches:
                 sums = _score_batch(model, batch, device)
                 for u, unit_sums in zip(batch, sums, strict=True):
                     for opt, cont, value in zip(u.opts, u.conts, unit_sums, strict=True):

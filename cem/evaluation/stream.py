@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cem import signals
+from cem.evaluation.parallel import ALONE, Ranks
 from cem.io import ensure_dir, sha256_file, storage_errors
 from cem.ui import console
 
@@ -47,7 +48,7 @@ def model_fingerprint(mcfg: DictConfig, seed: int) -> str:
 def fingerprint(cfg: DictConfig, n_items: int) -> str:
     """What the records depend on: the model, the benchmark, the scoring settings."""
     keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("benchmark", "eval")}
-    for volatile in ("progress",):  # changes no score
+    for volatile in ("progress", "devices"):  # changes no score
         keep["eval"].pop(volatile, None)
     model = model_fingerprint(cfg.model, cfg.seed)
     return _digest({**keep, "model": model, "max_length": cfg.model.max_length, "n": n_items})
@@ -123,13 +124,22 @@ class PartialRecords:
 
 
 def score_in_chunks(
-    items: list, size: int, partial: PartialRecords | None, score: Callable[[list], list[dict]]
+    items: list,
+    size: int,
+    partial: PartialRecords | None,
+    score: Callable[[list], list[dict]],
+    group: Ranks = ALONE,
 ) -> list[dict]:
-    """``score(chunk)`` over ``items`` chunk by chunk, resuming from ``partial``'s records."""
+    """``score(chunk)`` over ``items`` chunk by chunk, resuming from ``partial``'s records.
+
+    In a data-parallel evaluation only rank 0 holds ``partial``; every rank skips the
+    chunks it had finished.
+    """
     done = partial.load([it.id for it in items]) if partial else []
     records = list(done)
+    skip = group.broadcast(len(done))
     for start, chunk in chunks(items, size):
-        if start < len(done):
+        if start < skip:
             continue
         new = score(chunk)
         records += new

@@ -2,7 +2,9 @@
 
 Inner product over unit vectors is cosine similarity; ``IndexFlatIP`` is exact, which is
 cheap at the scale of the offline corpus (10k documents). The index is cached on disk by
-corpus hash and embedding-model name, like the BM25 index.
+corpus hash, embedding-model name and weight dtype, like the BM25 index; ``cem assets
+fetch`` builds the default one (``knowledge=wiki_dense``) once, so that no run pays for it.
+The embedder runs where ``model.device`` resolves (``cem.device``).
 """
 
 from __future__ import annotations
@@ -24,14 +26,32 @@ INDEX_FILE = "index.faiss"
 BATCH_SIZE = 64  # sentences per forward pass; small enough for CPU memory
 
 
-def load_embedder(model: str | None, asset: str) -> tuple[Any, str]:
+def embedding_dtype(spec: str, device: str) -> str:
+    """The embedder's weight dtype: ``spec``, or for ``auto`` bfloat16 where it is native.
+
+    bf16 matmuls are emulated, and slower than float32, on a CPU without AVX512-BF16 or AMX.
+    """
+    if spec != "auto":
+        return str(spec)
+    import torch
+
+    native = device.startswith("cuda") or torch.cpu._is_avx512_bf16_supported()
+    return "bfloat16" if native or torch.cpu._is_amx_tile_supported() else "float32"
+
+
+def load_embedder(model: str | None, asset: str, device: str, dtype: str) -> tuple[Any, str]:
     """Load a sentence-transformers model and the name that identifies it in the cache.
 
     Args:
         model: a local folder or hub id; wins over ``asset`` when set.
         asset: the offline asset holding the model folder (fetched on first use).
+        device: a ``model.device`` value, resolved by ``cem.device.resolve_device``.
+        dtype: ``knowledge.sources.<i>.embedding_dtype``; it is part of the name.
     """
+    import torch
     from sentence_transformers import SentenceTransformer
+
+    from cem import device as devices
 
     if model:
         where, name = model, model
@@ -39,8 +59,11 @@ def load_embedder(model: str | None, asset: str) -> tuple[Any, str]:
         from cem.assets.fetch import asset_dir
 
         where, name = str(asset_dir(asset)), f"asset:{asset}"
+    target = devices.resolve_device(device)
+    dtype = embedding_dtype(dtype, target)
     try:
-        return SentenceTransformer(where), name
+        kwargs = {"dtype": getattr(torch, dtype)}
+        return SentenceTransformer(where, device=target, model_kwargs=kwargs), f"{name}@{dtype}"
     except Exception as e:  # missing folder, no network for a hub id, bad weights
         raise ModelError(
             f"cannot load the embedding model {where!r} ({e}); point "
@@ -68,11 +91,17 @@ def _dimension(model: Any) -> int:
 
 
 class DenseIndex:
-    """An exact inner-product index over embedded texts; hits are ``(position, cosine)``."""
+    """An exact inner-product index over embedded texts; hits are ``(position, cosine)``.
+
+    ``folder`` is its cache folder and ``cached`` says whether it was loaded from there
+    (set by ``load_or_build``).
+    """
 
     def __init__(self, index: Any, model: Any):
         self.index = index
         self.model = model
+        self.folder: Path | None = None
+        self.cached = False
 
     @classmethod
     def build(cls, texts: list[str], model: Any) -> DenseIndex:
@@ -122,10 +151,12 @@ class DenseIndex:
         index = load_cached(folder, meta, lambda f: cls.load(f, model, len(texts)))
         if index is not None:
             log.info("loaded dense index %s", folder)
+            index.folder, index.cached = folder, True
             return index
         log.info("embedding %d texts with %s into %s", len(texts), model_name, folder)
         index = cls.build(texts, model)
         save_cached(folder, meta, index.save)
+        index.folder = folder
         return index
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:

@@ -76,35 +76,39 @@ def read_eval(run_dir: Path) -> list[EvalRecord]:
     return read_records(path, EvalRecord)
 
 
-def extract_keypoints(mistakes: list[Mistake], kcfg: DictConfig) -> list[KeyPoints]:
-    """Knowledge points of each mistake with the configured extractor."""
+def extract_keypoints(mistakes: list[Mistake], kcfg: DictConfig, device: str) -> list[KeyPoints]:
+    """Knowledge points of each mistake with the configured extractor (an LLM on ``device``,
+    a ``model.device`` value)."""
     n = kcfg.queries_per_mistake
     if kcfg.extractor == "rule":
         return [rule_keypoints(m.question, m.gold_text, n) for m in mistakes]
-    replies = llm_replies(mistakes, kcfg)
+    replies = llm_replies(mistakes, kcfg, device)
     return [
         llm_keypoints(reply, m.question, m.gold_text, n)
         for m, reply in zip(mistakes, replies, strict=True)
     ]
 
 
-def llm_replies(mistakes: list[Mistake], kcfg: DictConfig) -> list[str]:
+def llm_replies(mistakes: list[Mistake], kcfg: DictConfig, device: str) -> list[str]:
     """Ask the extractor model for each mistake's keywords (greedy, batched)."""
     from cem.knowledge.keypoints import LLM_PROMPT
 
-    generate = extractor_generate(kcfg.extractor_model, kcfg.extractor_max_new_tokens)
+    generate = extractor_generate(
+        kcfg.extractor_model, kcfg.extractor_max_new_tokens, device=device
+    )
     return generate([LLM_PROMPT.format(question=m.question, answer=m.gold_text) for m in mistakes])
 
 
 def extractor_generate(
-    model_path: str, max_new_tokens: int, batch_size: int = 8
+    model_path: str, max_new_tokens: int, *, device: str, batch_size: int = 8
 ) -> Callable[[list[str]], list[str]]:
     """A ``generate(prompts) -> replies`` over the LLM extractor (``knowledge.extractor_model``).
 
     Each prompt is one user turn, wrapped in the model's chat template; the replies are
-    greedy and batched. The model (a local folder or hub id, loaded in bfloat16) is loaded
-    on the first call with prompts and kept for later calls, so a builder that ends up
-    with nothing to ask loads nothing. Used by the knowledge-point extractor
+    greedy and batched. The model (a local folder or hub id, loaded in bfloat16 where
+    ``device``, a ``model.device`` value, resolves) is loaded on the first call with
+    prompts and kept for later calls, so a builder that ends up with nothing to ask loads
+    nothing. Used by the knowledge-point extractor
     (``knowledge.extractor=llm``) and the extractive questions
     (``instructions.extractive.question_source=llm``).
     """
@@ -120,7 +124,8 @@ def extractor_generate(
             from cem.config import ModelConfig
             from cem.models import load_model
 
-            mcfg = ModelConfig(name="extractor", path=model_path, dtype="bfloat16", chat=True)
+            mcfg = ModelConfig(name="extractor", path=model_path, dtype="bfloat16",
+                               device=device, chat=True)  # fmt: skip
             loaded.extend(load_model(mcfg))
         model, tok = loaded
         wrapped = [chat_wrap(tok, p) for p in prompts]
@@ -193,7 +198,7 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     t = time.perf_counter()
     records = read_eval(run_dir)
     mistakes = select_mistakes(records, cfg.mistakes)
-    kps = extract_keypoints(mistakes, cfg.knowledge)
+    kps = extract_keypoints(mistakes, cfg.knowledge, cfg.model.device)
     folder = RoundDir(run_dir)
     write_mistakes(folder.mistakes, mistakes, kps)
     seconds["mistakes"] = time.perf_counter() - t
@@ -201,7 +206,7 @@ def run_retrieve(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     t = time.perf_counter()
     tok = load_tokenizer(cfg.model)
     count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
-    source = build_knowledge_source(cfg.knowledge, count_tokens=count)
+    source = build_knowledge_source(cfg.knowledge, count_tokens=count, device=cfg.model.device)
     k = max(s.top_k for s in cfg.knowledge.sources)
     passages = retrieve_passages(source, mistakes, kps, k)
     seconds["search"] = time.perf_counter() - t

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from cem.config import KnowledgeConfig, SourceConfig
+from cem.config import KnowledgeConfig, ModelConfig, SourceConfig
 from cem.errors import CemError, ConfigError
 from cem.knowledge.corpus import (
     CountTokens,
@@ -76,10 +76,12 @@ def _bm25(docs: list[Document], cfg: Any, kind: str) -> Any:
     return BM25Index.load_or_build(texts, index_root(cfg.index_dir), kind)
 
 
-def _dense(docs: list[Document], cfg: Any, kind: str) -> Any:
+def _dense(docs: list[Document], cfg: Any, kind: str, device: str) -> Any:
     from cem.knowledge.dense import DenseIndex, load_embedder
 
-    model, model_name = load_embedder(cfg.embedding_model, cfg.embedding_asset)
+    model, model_name = load_embedder(
+        cfg.embedding_model, cfg.embedding_asset, device, cfg.embedding_dtype
+    )
     texts = [index_text(d) for d in docs]
     return DenseIndex.load_or_build(texts, model, model_name, index_root(cfg.index_dir), kind)
 
@@ -99,9 +101,9 @@ class WikiOfflineSource(CorpusSource):
 class WikiDenseSource(CorpusSource):
     """Dense (embedding) retrieval over the offline Wikipedia summaries."""
 
-    def __init__(self, cfg: Any, *, index: int = 0, **_: Any):
+    def __init__(self, cfg: Any, *, index: int = 0, device: str = ModelConfig.device, **_: Any):
         docs = load_wiki_summaries(cfg.path)
-        super().__init__("wiki_dense", docs, _dense(docs, cfg, "wiki_dense"))
+        super().__init__("wiki_dense", docs, _dense(docs, cfg, "wiki_dense", device))
 
 
 class LocalCorpusSource(CorpusSource):
@@ -114,6 +116,7 @@ class LocalCorpusSource(CorpusSource):
         index: int = 0,
         count_tokens: CountTokens | None = None,
         passage_tokens: int | None = None,
+        device: str = ModelConfig.device,
     ):
         where = f"knowledge.sources[{index}]"
         if not cfg.path:
@@ -132,8 +135,11 @@ class LocalCorpusSource(CorpusSource):
             )
         budget = passage_tokens or KnowledgeConfig.passage_tokens
         docs = chunk_documents(load_local_corpus(cfg.path, cfg.text_field), budget, count_tokens)
-        build = _bm25 if cfg.retriever == "bm25" else _dense
-        super().__init__("local_corpus", docs, build(docs, cfg, "local_corpus"))
+        if cfg.retriever == "bm25":
+            index_ = _bm25(docs, cfg, "local_corpus")
+        else:
+            index_ = _dense(docs, cfg, "local_corpus", device)
+        super().__init__("local_corpus", docs, index_)
 
 
 class MixSource:
@@ -235,6 +241,7 @@ def build_source(
     passage_tokens: int | None = None,
     index: int = 0,
     allowed_private_hosts: Sequence[str] = (),
+    device: str = ModelConfig.device,
 ) -> KnowledgeSource:
     """Build the source that ``cfg.kind`` names.
 
@@ -245,15 +252,15 @@ def build_source(
             ``KnowledgeConfig.passage_tokens`` default).
         index: the source's place in ``knowledge.sources``, for error messages.
         allowed_private_hosts: ``knowledge.allowed_private_hosts``, for ``web_search``.
+        device: ``model.device``, where a dense source's embedder runs.
 
     Raises:
         ConfigError: unknown kind or a bad source setting.
     """
     kind = cfg.kind
     if kind in SOURCES:
-        return SOURCES[kind](
-            cfg, index=index, count_tokens=count_tokens, passage_tokens=passage_tokens
-        )
+        return SOURCES[kind](cfg, index=index, count_tokens=count_tokens,
+                             passage_tokens=passage_tokens, device=device)  # fmt: skip
     if kind in ONLINE_SOURCES:
         try:
             module = importlib.import_module("cem.knowledge.online")
@@ -273,9 +280,13 @@ def build_source(
 
 
 def build_knowledge_source(
-    cfg: KnowledgeConfig, *, count_tokens: CountTokens | None = None
+    cfg: KnowledgeConfig,
+    *,
+    count_tokens: CountTokens | None = None,
+    device: str = ModelConfig.device,
 ) -> KnowledgeSource:
-    """The source of ``knowledge``: the single configured one, or a ``MixSource`` of several."""
+    """The source of ``knowledge``: the single configured one, or a ``MixSource`` of several;
+    a dense one embeds where ``device`` (``model.device``) resolves."""
     if not cfg.sources:
         raise ConfigError(
             "knowledge.sources",
@@ -290,6 +301,7 @@ def build_knowledge_source(
             passage_tokens=cfg.passage_tokens,
             index=i,
             allowed_private_hosts=list(cfg.allowed_private_hosts),
+            device=device,
         )
         for i, s in enumerate(cfg.sources)
     ]

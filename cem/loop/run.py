@@ -229,7 +229,7 @@ def run_loop(cfg: DictConfig) -> dict:
         CemError: the run folder holds a run with another config, or a stage failed.
     """
     from cem.loop.lock import run_lock
-    from cem.training.checks import check_devices
+    from cem.training.checks import check_devices, check_one_process
 
     if OmegaConf.is_missing(cfg, "run_dir") or not cfg.run_dir:
         raise ConfigInvalid(["run_dir must be set to the run's folder (try run_dir=runs/my_run)"])
@@ -237,7 +237,8 @@ def run_loop(cfg: DictConfig) -> dict:
     # One writer per run folder; locked first, so that a second one leaves before any check.
     with run_lock(root):
         problems = check_run(cfg)
-        problems += [] if problems else check_devices(cfg.trainer)
+        if not problems:  # what this machine lacks, and what cem run cannot start
+            problems += check_devices(cfg.trainer) + check_one_process(cfg.trainer)
         if problems:
             raise ConfigInvalid(problems)
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

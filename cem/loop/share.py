@@ -46,7 +46,7 @@ from cem.ui import console
 
 MANIFEST = "manifest.json"
 # Job keys that never change a stage's files (where it writes, progress bars).
-NEUTRAL = ("run_dir", "eval.progress", "trainer.enable_progress_bar")
+NEUTRAL = ("run_dir", "eval.progress", "eval.devices", "trainer.enable_progress_bar")
 
 
 def cache_dir() -> Path:
@@ -71,6 +71,8 @@ def code_fingerprint() -> str:
         h.update(path.read_bytes())
     h.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
     h.update(f"threads={torch.get_num_threads()}".encode())
+    # model.device=auto scores on the GPU where there is one: other kernels, other numbers.
+    h.update(f"cuda={torch.cuda.get_device_name() if torch.cuda.is_available() else None}".encode())
     return h.hexdigest()
 
 

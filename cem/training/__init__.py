@@ -9,3 +9,6 @@ KINDS = ("cpt", "normative", "extractive", "review", "general", "replay")  # row
 CIT_KINDS = ("normative", "extractive", "review", "general")  # the four instruction types
 FINETUNE_MODES = ("lora", "full")
 SCHEDULES = ("cosine", "linear", "constant")
+# Lightning strategies that shard the model (FSDP, DeepSpeed ZeRO): CUDA only, and each
+# writes its checkpoints with its own writer (cem.training.strategies).
+SHARDED_STRATEGIES = ("fsdp", "deepspeed")

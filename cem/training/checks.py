@@ -9,6 +9,7 @@ import typing
 
 from omegaconf import DictConfig, OmegaConf
 
+from cem.training import SHARDED_STRATEGIES
 from cem.validate import at_least, choice, override_value
 
 # Trainer arguments that cem sets itself (cem.training.train.build_trainer), and from what.
@@ -74,14 +75,53 @@ def _trainer_choices(tr: DictConfig) -> list[str | None]:
 
 def check_devices(tr: DictConfig) -> list[str]:
     """What this machine lacks for the ``trainer`` group (run before compute, not by the
-    config tests, which compose the GPU presets on CPU-only machines)."""
+    config tests, which compose the GPU presets on CPU-only machines): CUDA for a GPU
+    accelerator and for the sharded strategies (Lightning runs FSDP and DeepSpeed on CUDA
+    only), and the deepspeed package (looked up, never imported)."""
+    import importlib.util
+
     import torch
 
-    accelerator = tr.get("accelerator", "auto")
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    accelerator, strategy = tr.get("accelerator", "auto"), str(tr.get("strategy", "auto"))
+    cuda = torch.cuda.is_available()
+    if strategy.startswith(SHARDED_STRATEGIES):
+        problems = []
+        if not cuda:
+            problems.append(f"trainer.strategy={strategy} shards the model over CUDA GPUs and "
+                            "none is visible (try trainer=cpu)")  # fmt: skip
+        if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"trainer.strategy={strategy} needs the deepspeed package, which "
+                            "is not installed (pip install -e '.[deepspeed]' on the CUDA "
+                            "machine, or try trainer=fsdp)")  # fmt: skip
+        return problems
+    if accelerator in ("gpu", "cuda") and not cuda:
         return [f"trainer.accelerator={accelerator} needs a CUDA GPU and none is visible "
                 "(try trainer=cpu)"]  # fmt: skip
     return []
+
+
+def check_one_process(tr: DictConfig) -> list[str]:
+    """``cem run`` trains inside its own process: a trainer with more than one rank would
+    have Lightning (or SLURM) start the rest by re-running the whole loop, which the run
+    folder's lock stops, leaving rank 0 waiting for them. Refused before compute."""
+    import torch
+
+    devices, nodes = tr.get("devices", "auto"), int(tr.get("num_nodes", 1))
+    if OmegaConf.is_list(devices):
+        per_node = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        per_node = devices
+    elif tr.get("accelerator", "auto") != "cpu" and torch.cuda.is_available():
+        per_node = torch.cuda.device_count()  # -1 / auto: every visible GPU
+    else:
+        per_node = 1
+    ranks = per_node * nodes
+    if ranks == 1:
+        return []
+    return [f"trainer.devices={devices} on trainer.num_nodes={nodes} makes {ranks} training "
+            "ranks, and cem run trains in one process (try trainer.devices=1, or train a "
+            "round's stage alone on N GPUs: torchrun --nproc_per_node=N -m "
+            "cem.training.train run_dir=<run>/round_<r>)"]  # fmt: skip
 
 
 def _literals(t: object) -> list:

@@ -12,6 +12,7 @@ What it reads and writes in ``D`` (METHOD.md, step 6; ``cem.layout.RoundDir``)::
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import warnings
@@ -25,9 +26,12 @@ from cem.config import resolve_run_dir
 from cem.errors import ConfigError
 from cem.io import remove_stale, storage_errors, write_json
 from cem.layout import RoundDir, write_stage_config
-from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES
+from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES, SHARDED_STRATEGIES
 from cem.ui import console
 from cem.validate import ConfigInvalid, at_least, check_model, choice, in_unit, validate
+
+# What save_pretrained's max_shard_size reads (transformers' convert_file_size_to_int).
+SHARD_SIZE = re.compile(r"^\d+(KB|MB|GB|KiB|MiB|GiB)$", re.IGNORECASE)
 
 
 def check_train(t: DictConfig) -> list[str]:
@@ -49,6 +53,9 @@ def check_train(t: DictConfig) -> list[str]:
     if t.max_steps != -1 and t.max_steps < 1:
         problems.append(f"train.max_steps must be -1 (run train.epochs) or >= 1; got "
                         f"{t.max_steps} (try train.max_steps=-1)")  # fmt: skip
+    if not SHARD_SIZE.match(str(t.max_shard_size)):
+        problems.append(f"train.max_shard_size must be a size such as 5GB, 500MB or 2GiB; got "
+                        f"{t.max_shard_size!r} (try train.max_shard_size=5GB)")  # fmt: skip
     if not t.lora.target_modules:
         problems.append("train.lora.target_modules must not be empty (try "
                         "train.lora.target_modules=[q_proj,v_proj])")  # fmt: skip
@@ -107,6 +114,7 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     from cem.training.data import TrainDataModule, read_train_set
     from cem.training.finetune import load_base, prepare, save, trainable_share
     from cem.training.module import CemLM
+    from cem.training.strategies import from_state, gather_callback
 
     t, folder = cfg.train, RoundDir(run_dir)
     weights = kind_weights(cfg)
@@ -118,7 +126,8 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     module = CemLM(model, weights, t.lr, t.weight_decay, t.schedule, t.warmup_ratio)
     data = TrainDataModule(data_path, tokenizer, t.seq_len, t.batch_size, t.pack, t.seed)
     remove_stale(run_dir)  # temp files of a write that a kill cut short
-    trainer = build_trainer(cfg, run_dir, loggers)
+    gather = gather_callback()  # the whole model back from a sharded strategy
+    trainer = build_trainer(cfg, run_dir, loggers, model, gather)
     ckpt = usable_checkpoint(folder.last_ckpt)
     trained, total = trainable_share(model)
     console.print(
@@ -133,7 +142,11 @@ def train_round(cfg: DictConfig, run_dir: Path, base: Path | None, loggers: Sequ
     seconds = time.perf_counter() - start
     metrics = _metrics(trainer, module, data, seconds, trained, total)
     if trainer.is_global_zero:
-        out = save(module.model, tokenizer, folder.model)
+        whole = module.model
+        if gather.state is not None:
+            rewrap = lambda m: prepare(m, t.finetune, t.lora)  # noqa: E731
+            whole = from_state(gather.state, model.config, rewrap, cfg.model.trust_remote_code)
+        out = save(whole, tokenizer, folder.model, cfg.model.device, t.max_shard_size)
         metrics["model_dir"] = str(out)
         write_json(folder.train_metrics, metrics)
         write_stage_config(folder, "train", cfg)
@@ -179,17 +192,21 @@ def epoch_loss_text(epochs: list[dict]) -> str:
     return f"epoch-mean loss {first['loss']:.3f} -> {last['loss']:.3f}{kinds}"
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence = ()):
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence, model, gather):
     """The ``trainer`` group's Lightning Trainer, with this job's steps and callbacks, the CSV
-    log (``train_logs/version_<n>/metrics.csv``, one version per start) and ``loggers``."""
+    log (``train_logs/version_<n>/metrics.csv``, one version per start), ``loggers``, the
+    strategy fitted to ``model`` (``cem.training.strategies``) and ``gather``, which collects
+    a sharded model at the end."""
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     from cem.training.checkpoint import AtomicCheckpointIO, StopOnSignal
+    from cem.training.strategies import for_model
 
     t, folder = cfg.train, RoundDir(run_dir)
     callbacks = [
+        gather,
         StopOnSignal(folder.last_ckpt),
         ModelCheckpoint(
             dirpath=folder.last_ckpt.parent,
@@ -201,9 +218,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence = ()):
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
     # Sharded strategies write checkpoint folders with their own writers.
-    sharded = str(cfg.trainer.get("strategy", "auto")).startswith(("fsdp", "deepspeed"))
+    sharded = str(cfg.trainer.get("strategy", "auto")).startswith(SHARDED_STRATEGIES)
     return instantiate(
         cfg.trainer,
+        strategy=for_model(cfg.trainer.get("strategy", "auto"), model),
         max_steps=t.max_steps,
         max_epochs=t.epochs if t.max_steps == -1 else -1,
         accumulate_grad_batches=t.grad_accum,
