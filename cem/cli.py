@@ -53,15 +53,6 @@ Hydra options work after the command: `cem eval --cfg job` prints the composed c
 `cem eval -m seed=0,1,2` runs a sweep. `run_dir=PATH` sets where a command writes."""
 
 
-def conf_dir() -> Path:
-    """The ``conf/`` folder beside the package (editable install or source checkout)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "conf"):
-        if candidate.is_dir():
-            return candidate
-    raise CemError(f"config folder not found beside {here}; reinstall with `pip install -e .`")
-
-
 def _load(target: str) -> Callable[[DictConfig], object]:
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
@@ -113,7 +104,7 @@ def run_hydra(command: str, overrides: list[str]) -> None:
     from hydra import version
     from hydra._internal.utils import _run_hydra, get_args_parser
 
-    from cem.config import register_configs
+    from cem.config import conf_dir, register_configs
 
     version.setbase("1.3")
     register_configs()

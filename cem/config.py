@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig
 
+from cem.errors import CemError
+
 # Config keys that change no result (where a job writes, what it shows or keeps, W&B):
 # the one list. A continued run may change them (cem.loop.run), cem report does not tell
 # rows apart by them, finished runs are reused across them (cem.loop.share), and the
@@ -22,6 +24,15 @@ from omegaconf import II, MISSING, DictConfig
 RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "eval.devices",
                   "trainer.enable_progress_bar", "loop.keep_models", "loop.share_round0",
                   "loop.reuse_runs", "loop.baseline")  # fmt: skip
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder beside the package (editable install or source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if candidate.is_dir():
+            return candidate
+    raise CemError(f"config folder not found beside {here}; reinstall with `pip install -e .`")
 
 
 @dataclass

@@ -11,8 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 
 ENTRIES = ("eval", "retrieve", "build", "train", "run")
 

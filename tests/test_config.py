@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from cem.cli import conf_dir, main
-from cem.config import register_configs
+from cem.cli import main
+from cem.config import conf_dir, register_configs
 from cem.validate import EVAL_CHECKS, ConfigInvalid, validate
 
 

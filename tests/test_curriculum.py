@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 
 from cem.benchmarks.prompts import render
 from cem.benchmarks.schema import MCItem
-from cem.cli import conf_dir
-from cem.config import ExtractiveConfig, GeneralConfig, ReviewConfig, register_configs
+from cem.config import ExtractiveConfig, GeneralConfig, ReviewConfig, conf_dir, register_configs
 from cem.curriculum import build as build_mod
 from cem.curriculum import render as render_mod
 from cem.curriculum.build import guard_pairs, run_build, write_train_set

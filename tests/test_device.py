@@ -14,8 +14,7 @@ from _tiny import tiny_model, tiny_tokenizer
 from hydra import compose, initialize_config_dir
 
 from cem import device as devices
-from cem.cli import conf_dir
-from cem.config import KnowledgeConfig, SourceConfig, register_configs
+from cem.config import KnowledgeConfig, SourceConfig, conf_dir, register_configs
 from cem.errors import CemError
 from cem.validate import EVAL_CHECKS, ConfigInvalid, validate
 

@@ -24,8 +24,7 @@ from test_curriculum import (
     write_jsonl,
 )
 
-from cem.cli import conf_dir
-from cem.config import ExtractiveConfig, register_configs
+from cem.config import ExtractiveConfig, conf_dir, register_configs
 from cem.curriculum import render as render_mod
 from cem.curriculum.extractive import (
     BLANK,

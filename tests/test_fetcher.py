@@ -21,8 +21,7 @@ import pytest
 from _fake_api import ARTICLE_A, HOSTILE, FakeAPI, recorded_connects
 from hydra import compose, initialize_config_dir
 
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.io import read_json, read_jsonl, write_jsonl
 from cem.knowledge.http import HttpClient, HttpError
 from cem.knowledge.net import AddressPolicy, is_public

@@ -11,8 +11,7 @@ import re
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.loop.run import check_run
 
 BASE = ("experiment=fast", "run_dir=/tmp/x")

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cem.curriculum",),
     ("cem.training",),
     ("cem.loop",),
-    ("cem.cli", "cem.__main__"),
+    ("cem.cli", "cem.__main__", "cem.assets.cli"),  # the commands (cem assets fetch builds indexes)
 )
 
 

@@ -16,8 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.errors import CemError
 from cem.io import read_json, read_jsonl, write_json, write_jsonl
 from cem.layout import RoundDir, read_marker

@@ -17,8 +17,7 @@ import torch
 from _tiny import tiny_model, tiny_tokenizer
 from hydra import compose, initialize_config_dir
 
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.errors import ConfigError
 from cem.evaluation.generate import generate_texts
 from cem.evaluation.parallel import Ranks, _fill, check_devices

@@ -13,8 +13,7 @@ from test_knowledge_sources import FakeEmbedder
 
 from cem.assets.cli import main as assets_main
 from cem.assets.registry import ASSETS
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.knowledge import dense, prebuild
 
 MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"

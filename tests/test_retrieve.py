@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.errors import CemError
 from cem.io import read_json, read_jsonl, write_jsonl
 from cem.knowledge.retrieve import run_retrieve

@@ -9,8 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import cem.evaluation.evaluate as ev
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.evaluation.runner import run_eval
 from cem.evaluation.stream import PartialRecords, score_in_chunks
 from cem.io import read_jsonl

@@ -15,8 +15,8 @@ from _fake_api import FakeAPI
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cem.cli import conf_dir, main
-from cem.config import register_configs
+from cem.cli import main
+from cem.config import conf_dir, register_configs
 from cem.errors import CemError
 from cem.io import write_json, write_jsonl
 from cem.loop.report import find_runs, group, make_report, run_metrics

@@ -11,8 +11,7 @@ from _tiny import tiny_model, tiny_tokenizer
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cem.cli import conf_dir
-from cem.config import register_configs
+from cem.config import conf_dir, register_configs
 from cem.errors import CemError, ConfigError, DataError
 from cem.training import KINDS
 from cem.training.data import (

@@ -145,6 +145,7 @@ def launch(cfg: DictConfig, run_dir: Path) -> dict:
         CemError: a rank failed (its message is printed above, by that rank).
     """
     from cem.io import read_json
+    from cem.layout import RoundDir
 
     check_devices(cfg)
     n = int(cfg.eval.devices)
@@ -152,28 +153,11 @@ def launch(cfg: DictConfig, run_dir: Path) -> dict:
         job = Path(tmp) / "eval.yaml"
         OmegaConf.save(cfg, job, resolve=True)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={n}", "-m", __name__, str(job), str(run_dir)]  # fmt: skip
+                   f"--nproc_per_node={n}", "-m", "cem.evaluation.runner", str(job),
+                   str(run_dir)]  # fmt: skip
         code = subprocess.run(command, check=False).returncode
     if code != 0:
         raise CemError(f"the evaluation on eval.devices={n} ranks failed (exit {code}); the "
                        "failing rank's message is above (try eval.devices=1 to run it in one "
                        "process)")  # fmt: skip
-    return read_json(Path(run_dir) / "eval" / "metrics.json")
-
-
-def main(argv: list[str]) -> None:
-    """One rank of ``launch``: ``python -m cem.evaluation.parallel JOB.yaml RUN_DIR``."""
-    from cem.config import EvalJob
-    from cem.evaluation.runner import run_eval
-
-    job, run_dir = argv
-    cfg = OmegaConf.merge(OmegaConf.structured(EvalJob), OmegaConf.load(job))
-    try:
-        run_eval(cfg, run_dir=Path(run_dir))
-    except CemError as e:
-        print(f"cem eval (rank {os.environ.get('RANK', '?')}): error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    return read_json(RoundDir(Path(run_dir)).eval_metrics)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.registry import load_benchmark, select_sets
 from cem.config import resolve_run_dir
+from cem.errors import CemError
 from cem.evaluation.parallel import Ranks, launch, launched, ranks
 from cem.io import remove_stale, write_json, write_jsonl
 from cem.layout import RoundDir, write_stage_config
@@ -107,3 +110,21 @@ def _evaluate_and_write(cfg: DictConfig, folder: RoundDir, group: Ranks) -> dict
         f"scored {n} questions in {t2 - t1:.1f}s ({n / max(t2 - t1, 1e-9):.1f}/s); wrote {out}"
     )
     return metrics
+
+
+def main(argv: list[str]) -> None:
+    """One rank of ``cem.evaluation.parallel.launch``: ``python -m cem.evaluation.runner
+    JOB.yaml RUN_DIR``."""
+    from cem.config import EvalJob
+
+    job, run_dir = argv
+    cfg = OmegaConf.merge(OmegaConf.structured(EvalJob), OmegaConf.load(job))
+    try:
+        run_eval(cfg, run_dir=Path(run_dir))
+    except CemError as e:
+        print(f"cem eval (rank {os.environ.get('RANK', '?')}): error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -37,7 +37,7 @@ def due(names: list[str]) -> list[str]:
 
 def source_config(kind: str):
     """The first source of ``conf/knowledge/<kind>.yaml``, composed over the schema."""
-    from cem.cli import conf_dir
+    from cem.config import conf_dir
 
     node = OmegaConf.merge(
         OmegaConf.structured(KnowledgeConfig),
