@@ -102,3 +102,48 @@ def test_cli_bad_value_exits_2_before_loading_anything(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "eval.mode must be one of loglik, generate; got 'sample'" in proc.stderr
     assert not (tmp_path / "eval").exists()
+
+
+# Config errors that a stage's constructor or loader would raise on config alone, each
+# caught by `cem run`'s checks before round 0: (overrides, the key the message must name).
+BEFORE_COMPUTE = [
+    (["knowledge=local_corpus"], "knowledge.sources.0.path"),
+    (
+        ["knowledge=local_corpus", "knowledge.sources.0.path=/nonexistent/corpus"],
+        "knowledge.sources.0.path",
+    ),
+    (
+        [
+            "knowledge=local_corpus",
+            "knowledge.sources.0.path=.",
+            "knowledge.sources.0.retriever=tfidf",
+        ],
+        "knowledge.sources.0.retriever",
+    ),
+    (["knowledge.sources.0.kind=wiki_ofline"], "knowledge.sources.0.kind"),
+    (["eval.chat_template=true", "eval.formulation=cf"], "eval.chat_template"),
+    (["eval.chat_template=true"], "eval.chat_template"),  # world's own formulation is cf
+    (
+        ["knowledge=web_search", "knowledge/search=brave", "knowledge.sources.0.api_key_env=null"],
+        "knowledge.sources.0.api_key_env",
+    ),
+    (
+        ["knowledge=mix", "knowledge.sources.0.quota=-1", "knowledge.sources.1.quota=0"],
+        "knowledge.sources[*].quota",
+    ),
+    (["model.device=cuda"], "model.device"),
+    (["trainer=fsdp"], "trainer.strategy"),
+    (["eval.devices=0"], "eval.devices"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), BEFORE_COMPUTE,
+                         ids=[" ".join(o) for o, _ in BEFORE_COMPUTE])  # fmt: skip
+def test_run_stops_before_any_compute_naming_the_key(overrides, key, tmp_path, capsys):
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", f"run_dir={root}", "logger=csv", *overrides])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid config" in err and key in err, err
+    assert not (root / "round_0").exists()

@@ -291,7 +291,7 @@ def test_local_corpus_dense(tmp_path, fake_embedder):
 
 
 def test_local_corpus_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"knowledge\.sources\[1\]\.path.*sources\.1\.path="):
+    with pytest.raises(ConfigError, match=r"knowledge\.sources\.1\.path .*sources\.1\.path="):
         build_source(_cfg(tmp_path, kind="local_corpus"), index=1)
     with pytest.raises(ConfigError, match=r"retriever must be one of bm25, dense; got 'tfidf'"):
         build_source(_cfg(tmp_path, kind="local_corpus", path=str(tmp_path), retriever="tfidf"))
@@ -330,7 +330,7 @@ def test_unknown_kind_names_the_key():
     with pytest.raises(ConfigError) as e:
         build_source(SourceConfig(kind="bing"), index=2)
     msg = str(e.value)
-    assert "knowledge.sources[2].kind" in msg and "'bing'" in msg
+    assert "knowledge.sources.2.kind" in msg and "'bing'" in msg
     for kind in ("wiki_offline", "wiki_dense", "local_corpus", "wikipedia_api", "web_search"):
         assert kind in msg
 

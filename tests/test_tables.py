@@ -400,7 +400,7 @@ def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeyp
     variants = {r["variant"] for r in rows}
     assert len(variants) == max(n_jobs, 1)
     if table == "data_efficiency":
-        full = next(r for r in runs if "full_corpus_cpt" in str(r.path))
+        full = next(r for r in runs if "full_corpus_cpt_steps" in str(r.path))
         stats = json.loads((full.path / "round_1" / "knowledge" / "stats.json").read_text())
         assert stats["baseline"]["mode"] == "full" and stats["baseline"]["corpus_docs"] > 9_900
         rand = next(r for r in runs if "random_cpt" in str(r.path))

@@ -17,6 +17,14 @@ def formulation_of(ecfg: DictConfig, bcfg: DictConfig) -> str:
     return ecfg.formulation or bcfg.formulation
 
 
+def chat_template_problem(ecfg: DictConfig, bcfg: DictConfig) -> ConfigError | None:
+    """``eval.chat_template`` wraps an mcf question in the chat template; nothing else."""
+    if ecfg.chat_template and formulation_of(ecfg, bcfg) != "mcf":
+        return ConfigError("eval.chat_template", True, "applies to the mcf formulation only",
+                           "eval.formulation=mcf or eval.chat_template=false")  # fmt: skip
+    return None
+
+
 def chat_wrap(tokenizer, user: str, assistant_prefix: str = "") -> str:
     """The user turn in the model's chat template, opened for the assistant's reply."""
     if not getattr(tokenizer, "chat_template", None):
@@ -29,13 +37,8 @@ def chat_wrap(tokenizer, user: str, assistant_prefix: str = "") -> str:
 
 def loglik_requests(items: list[MCItem], tokenizer, ecfg: DictConfig, bcfg: DictConfig) -> list:
     formulation = formulation_of(ecfg, bcfg)
-    if ecfg.chat_template and formulation != "mcf":
-        raise ConfigError(
-            "eval.chat_template",
-            True,
-            "applies to the mcf formulation only",
-            "eval.formulation=mcf or eval.chat_template=false",
-        )
+    if (problem := chat_template_problem(ecfg, bcfg)) is not None:
+        raise problem
     requests = []
     for item in items:
         req = render(

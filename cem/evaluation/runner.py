@@ -37,6 +37,10 @@ def run_eval(cfg: DictConfig, *, run_dir: Path | None = None) -> dict:
     ranks (``cem.evaluation.parallel``); the files are the same.
     """
     validate(cfg, EVAL_CHECKS)
+    from cem.evaluation.evaluate import chat_template_problem
+
+    if (problem := chat_template_problem(cfg.eval, cfg.benchmark)) is not None:
+        raise problem  # before the model loads
     root = run_dir or resolve_run_dir(cfg)
     if cfg.eval.devices > 1 and not launched():
         return launch(cfg, root)  # eval.devices ranks, each running this function

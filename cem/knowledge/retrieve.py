@@ -18,6 +18,7 @@ from cem.errors import CemError
 from cem.io import write_json, write_jsonl
 from cem.knowledge.keypoints import KeyPoints, holds_answer, llm_keypoints, rule_keypoints
 from cem.knowledge.providers import check_web
+from cem.knowledge.sources import check_sources
 from cem.knowledge.types import Passage
 from cem.layout import RoundDir, write_stage_config
 from cem.records import EvalRecord, Mistake, read_records, write_records
@@ -57,6 +58,7 @@ def check_knowledge(k: DictConfig) -> list[str]:
         )
     for i, s in enumerate(k.sources):
         problems.append(at_least(f"knowledge.sources.{i}.top_k", s.top_k, 1, 5))
+    problems += check_sources(k)  # kinds, paths, retrievers, quotas: before round 0
     problems += check_web(k)  # provider, endpoint and key, before round 0 rather than in round 1
     return [p for p in problems if p]
 

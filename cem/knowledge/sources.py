@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cem.config import KnowledgeConfig, ModelConfig, SourceConfig
@@ -118,21 +119,9 @@ class LocalCorpusSource(CorpusSource):
         passage_tokens: int | None = None,
         device: str = ModelConfig.device,
     ):
-        where = f"knowledge.sources[{index}]"
-        if not cfg.path:
-            raise ConfigError(
-                f"{where}.path",
-                cfg.path,
-                "must name a JSONL/Parquet file or a folder of .txt/.md files",
-                f"knowledge.sources.{index}.path=/data/my_corpus",
-            )
-        if cfg.retriever not in RETRIEVERS:
-            raise ConfigError(
-                f"{where}.retriever",
-                cfg.retriever,
-                f"must be one of {', '.join(RETRIEVERS)}",
-                f"knowledge.sources.{index}.retriever=bm25",
-            )
+        problems = source_problems(cfg, index)
+        if problems:
+            raise problems[0]
         budget = passage_tokens or KnowledgeConfig.passage_tokens
         docs = chunk_documents(load_local_corpus(cfg.path, cfg.text_field), budget, count_tokens)
         if cfg.retriever == "bm25":
@@ -156,13 +145,8 @@ class MixSource:
     def __init__(self, sources: Sequence[KnowledgeSource], quotas: Sequence[float]):
         if len(sources) != len(quotas):
             raise ValueError(f"{len(sources)} sources but {len(quotas)} quotas")
-        if any(q < 0 for q in quotas) or sum(quotas) <= 0:
-            raise ConfigError(
-                "knowledge.sources[*].quota",
-                list(quotas),
-                "must be >= 0 with a positive sum",
-                "knowledge.sources.0.quota=0.5",
-            )
+        if (problem := quota_problem(quotas)) is not None:
+            raise problem
         self.sources = list(sources)
         self.quotas = [q / sum(quotas) for q in quotas]
         self._own = SourceStats()
@@ -234,6 +218,51 @@ ONLINE_SOURCES: dict[str, str] = {
 }
 
 
+def source_problems(cfg: Any, index: int) -> list[ConfigError]:
+    """What is wrong with ``knowledge.sources.<index>`` on its config alone: the rules its
+    constructor enforces, checked by ``cem.validate`` before any compute.
+
+    Online sources check their own settings (``cem.knowledge.online``, the providers).
+    """
+    where = f"knowledge.sources.{index}"
+    kind = cfg.kind
+    if kind not in SOURCES and kind not in ONLINE_SOURCES:
+        allowed = ", ".join([*SOURCES, *ONLINE_SOURCES])
+        return [ConfigError(f"{where}.kind", kind, f"must be one of {allowed}",
+                            f"{where}.kind=wiki_offline")]  # fmt: skip
+    if kind != "local_corpus":
+        return []
+    problems = []
+    if not cfg.path:
+        problems.append(ConfigError(f"{where}.path", cfg.path,
+                                    "must name a JSONL/Parquet file or a folder of .txt/.md files",
+                                    f"{where}.path=/data/my_corpus"))  # fmt: skip
+    elif not Path(str(cfg.path)).expanduser().exists():
+        problems.append(ConfigError(f"{where}.path", cfg.path, "does not exist",
+                                    f"{where}.path=<an existing file or folder>"))  # fmt: skip
+    if cfg.retriever not in RETRIEVERS:
+        problems.append(ConfigError(f"{where}.retriever", cfg.retriever,
+                                    f"must be one of {', '.join(RETRIEVERS)}",
+                                    f"{where}.retriever=bm25"))  # fmt: skip
+    return problems
+
+
+def quota_problem(quotas: Sequence[float]) -> ConfigError | None:
+    """Mix quotas: each >= 0, with a positive sum."""
+    if any(q < 0 for q in quotas) or sum(quotas) <= 0:
+        return ConfigError("knowledge.sources[*].quota", list(quotas),
+                           "must be >= 0 with a positive sum", "knowledge.sources.0.quota=0.5")  # fmt: skip
+    return None
+
+
+def check_sources(k: Any) -> list[str]:
+    """Every source's config problems, and the mix's quotas (``check_knowledge``)."""
+    problems = [str(e) for i, s in enumerate(k.sources) for e in source_problems(s, i)]
+    if len(k.sources) > 1 and (q := quota_problem([s.quota for s in k.sources])) is not None:
+        problems.append(str(q))
+    return problems
+
+
 def build_source(
     cfg: SourceConfig,
     *,
@@ -270,13 +299,7 @@ def build_source(
         if kind == "web_search":  # the one kind that fetches pages named by its results
             return cls(cfg, index=index, allowed_private_hosts=allowed_private_hosts)
         return cls(cfg, index=index)
-    allowed = ", ".join([*SOURCES, *ONLINE_SOURCES])
-    raise ConfigError(
-        f"knowledge.sources[{index}].kind",
-        kind,
-        f"must be one of {allowed}",
-        f"knowledge.sources.{index}.kind=wiki_offline",
-    )
+    raise source_problems(cfg, index)[0]
 
 
 def build_knowledge_source(

@@ -68,11 +68,14 @@ MAY_CHANGE = (*RESULT_NEUTRAL, "loop.rounds", "loop.patience", "loop.min_delta")
 def check_run(cfg: DictConfig) -> list[str]:
     """Every problem of a ``cem run`` config: each stage's checks, reported together."""
     from cem.curriculum.build import check_build
+    from cem.evaluation.evaluate import chat_template_problem
     from cem.training.train import check_train
 
     problems: list[str] = []
     for key, check in RUN_CHECKS.items():
         problems += check(cfg[key])
+    if (problem := chat_template_problem(cfg.eval, cfg.benchmark)) is not None:
+        problems.append(str(problem))
     # check_build also covers run_dir, model and benchmark, which RUN_CHECKS has reported.
     build_view = OmegaConf.create({**OmegaConf.to_container(cfg), "round": 1})
     problems += [p for p in check_build(build_view) if p not in problems]
