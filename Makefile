@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DATA_ASSETS := countryinfo wiki-summaries-en
 
-.PHONY: setup assets demo test test-slow test-gpu bench lint format clean
+.PHONY: setup assets demo test test-unit test-slow test-gpu bench lint format clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ demo: assets
 test: setup
 	$(BIN)/cem assets fetch $(DATA_ASSETS)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-unit: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow and not gpu and not e2e" -q
 
 test-slow: assets
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow -q

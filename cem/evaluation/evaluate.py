@@ -85,7 +85,7 @@ def score_loglik(
         return []
     return [
         make_record(it, s, r.continuations)
-        for it, s, r in zip(items, scores, requests, strict=False)
+        for it, s, r in zip(items, scores, requests, strict=True)
     ]
 
 
@@ -94,7 +94,8 @@ def score_generate(
     group: Ranks = ALONE,
 ) -> list[dict]:  # fmt: skip
     """As ``score_loglik``, from a greedy answer per item (``eval.mode=generate``)."""
-    from cem.evaluation.generate import extract_choice, generate_texts
+    from cem.evaluation.generate import generate_texts
+    from cem.evaluation.metrics import make_generate_record
 
     prompts = [
         chat_wrap(tokenizer, mcf_prompt(it, bcfg.instruction, "").rstrip("\n") + GENERATE_SUFFIX)
@@ -107,27 +108,7 @@ def score_generate(
     texts = group.merge(texts)
     if texts is None:
         return []
-    records = []
-    for item, text in zip(items, texts, strict=False):
-        pred = extract_choice(text, item.choices)
-        records.append(
-            {
-                "id": item.id,
-                "set": item.set,
-                "subject": item.subject,
-                "question": item.question,
-                "choices": item.choices,
-                "gold": item.answer,
-                "pred": pred,
-                "pred_norm": pred,
-                "scores": None,
-                "margin": None,
-                "correct": pred == item.answer,
-                "correct_norm": pred == item.answer,
-                "generation": text,
-            }
-        )
-    return records
+    return [make_generate_record(item, text) for item, text in zip(items, texts, strict=True)]
 
 
 def evaluate(
