@@ -104,7 +104,8 @@ def run_hydra(command: str, overrides: list[str]) -> None:
     from hydra import version
     from hydra._internal.utils import _run_hydra, get_args_parser
 
-    from cem.config import conf_dir, register_configs
+    from cem.config import SCHEMAS, conf_dir, register_configs
+    from cem.validate import ConfigInvalid, override_problems
 
     version.setbase("1.3")
     register_configs()
@@ -147,6 +148,10 @@ def run_hydra(command: str, overrides: list[str]) -> None:
     parser = get_args_parser()
     parser.prog = f"cem {command}"
     args = parser.parse_args(overrides)
+    # A choice outside its list fails at composition; said first, as a failed check says it.
+    if problems := override_problems(SCHEMAS[command], args.overrides):
+        print(f"cem {command}: error: {ConfigInvalid(problems)}", file=sys.stderr)
+        sys.exit(2)
     _run_hydra(args=args, args_parser=parser, task_function=_app,
                config_path=str(conf_dir()), config_name=command)  # fmt: skip
 

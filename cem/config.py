@@ -8,13 +8,36 @@ Every default lives here or in ``conf/``; the code never hides one in ``cfg.get`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig
 
+from cem.choices import (
+    Baseline,
+    Benchmark,
+    Dtype,
+    EmbeddingDtype,
+    EvalMode,
+    Extractor,
+    Finetune,
+    Formulation,
+    GeneralFormat,
+    KeepModels,
+    Logger,
+    McfTarget,
+    Paradigm,
+    PassageMode,
+    Protocol,
+    QuestionSource,
+    Retriever,
+    Schedule,
+    SearchProvider,
+    SourceKind,
+    TokenCount,
+    WandbMode,
+)
 from cem.errors import CemError
 
 # Config keys that change no result (where a job writes, what it shows or keeps, W&B):
@@ -47,7 +70,7 @@ class ModelConfig:
     tokenizer: str | None = None  # tokenizer folder or hub id; defaults to the model's
     random_init: bool = False  # build from ``arch`` with random weights (tests only)
     arch: dict[str, Any] = field(default_factory=dict)  # LlamaConfig kwargs for ``random_init``
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: Dtype = Dtype.float32
     # Where inference runs (eval, generate, the extractor, the question writer, the dense
     # embedder): auto (the GPU when there is one) | cpu | cuda | cuda:N (cem.device).
     device: str = "auto"
@@ -63,7 +86,7 @@ class ModelConfig:
 class BenchmarkConfig:
     """Where the multiple-choice items come from and how they are posed."""
 
-    name: str = MISSING  # world | xiezhi | mmlu | ceval | jsonl | parquet
+    name: Benchmark = MISSING  # world, or the format of the files at ``path``
     path: str | None = None  # a file or a folder of files (not used by ``world``)
     set_name: str = "exam"  # which set a loaded file counts as
     limit: int | None = None  # keep the first N items of each set (reading stops there)
@@ -72,7 +95,7 @@ class BenchmarkConfig:
     # File benchmarks only: split the loaded items (per subject, seeded by ``seed``) into
     # pool / exam / test with pool_fraction and exam_fraction, as ``cem run`` needs.
     split: bool = False
-    formulation: str = "cf"  # the benchmark's default: mcf | cf (chosen on the instruction pool)
+    formulation: Formulation = Formulation.cf  # the default (chosen on the instruction pool)
     instruction: str = ""  # optional line put before every MCF question
     answer_cue: str = "Answer:"
     # ``world`` only: the seeded split of countries and what is asked about them.
@@ -90,9 +113,9 @@ class BenchmarkConfig:
 class EvalConfig:
     """How items are scored."""
 
-    formulation: str | None = None  # mcf | cf; null takes the benchmark's default
-    mcf_target: str = "letter"  # letter | text: in MCF, score the letter or the option text
-    mode: str = "loglik"  # loglik | generate
+    formulation: Formulation | None = None  # null takes the benchmark's default
+    mcf_target: McfTarget = McfTarget.letter
+    mode: EvalMode = EvalMode.loglik
     batch_size: int = 32  # questions per forward pass (options are expanded from the cached prefix)
     # Questions rendered, tokenised and scored at a time: memory stays flat as the benchmark
     # grows, and an interrupted evaluation resumes from its finished chunks.
@@ -109,16 +132,6 @@ class EvalConfig:
     devices: int = 1
 
 
-class SearchProvider(StrEnum):
-    """The web search API behind a ``web_search`` source (``cem.knowledge.providers``)."""
-
-    searxng = "searxng"  # a self-hosted SearXNG instance's JSON API; no key
-    brave = "brave"  # the Brave Search API
-    tavily = "tavily"  # the Tavily search API
-    serpapi_bing = "serpapi_bing"  # SerpApi with engine=bing: the paper's Bing results
-    bing = "bing"  # retired: the Bing Search APIs shut down on 2025-08-11; refused with the fix
-
-
 @dataclass
 class SearchConfig:
     """The provider every ``web_search`` source uses (``conf/knowledge/search/``)."""
@@ -128,20 +141,11 @@ class SearchConfig:
     api_key_env: str | None = None  # the env var holding the key (keyed providers only)
 
 
-class EmbeddingDtype(StrEnum):
-    """The dense embedder's weights (``cem.knowledge.dense.embedding_dtype``)."""
-
-    auto = "auto"  # bfloat16 on a GPU or a CPU with native bf16 (AVX512-BF16, AMX), else float32
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
 @dataclass
 class SourceConfig:
     """One knowledge source. ``kind`` picks the implementation; other keys tune it."""
 
-    kind: str = MISSING  # wiki_offline | wiki_dense | local_corpus | wikipedia_api | web_search
+    kind: SourceKind = MISSING
     quota: float = 1.0  # share of each mistake's passages in a ``mix`` (normalised over sources)
     top_k: int = 5  # passages asked of the source per query
     # Corpus sources (wiki_offline, wiki_dense, local_corpus).
@@ -149,7 +153,7 @@ class SourceConfig:
         None  # local_corpus: JSONL/Parquet file or folder of .txt/.md files; wiki_*: the summaries file (default: the asset)
     )
     text_field: str = "text"  # local_corpus JSONL/Parquet: the column holding the text
-    retriever: str = "bm25"  # local_corpus: bm25 | dense
+    retriever: Retriever = Retriever.bm25  # local_corpus only
     embedding_asset: str = "minilm-l6-v2"  # dense retrieval: the sentence-embedding asset
     embedding_model: str | None = None  # or a local folder / hub id, which wins over the asset
     # bf16 builds the default index in 44 s instead of 131 s (2 CPU cores), top-5 overlap
@@ -188,12 +192,9 @@ class KnowledgeConfig:
     # Hosts or CIDRs the page fetcher may reach although they are not public addresses
     # (loopback, private, link-local...); e.g. [127.0.0.1] for a local test server.
     allowed_private_hosts: list[str] = field(default_factory=list)
-    # Where the CPT passages come from: mistakes (CEM: retrieved for this round's mistakes),
-    # random (random corpus passages with the token count CEM's retrieval kept; a baseline)
-    # or full (every passage of the corpus; the full-corpus CPT baseline).
-    passages: str = "mistakes"
+    passages: PassageMode = PassageMode.mistakes  # where the CPT passages come from
     corpus_fraction: float = 1.0  # passages=full: a seeded random share of the corpus documents
-    extractor: str = "rule"  # rule | llm: how mistakes become search queries
+    extractor: Extractor = Extractor.rule  # how mistakes become search queries
     extractor_model: str | None = None  # llm extractor: local folder or hub id of an instruct model
     extractor_max_new_tokens: int = 64
     queries_per_mistake: int = 2
@@ -225,15 +226,16 @@ class InstructionTypeConfig:
 class NormativeConfig(InstructionTypeConfig):
     """Pool questions in the benchmark's exact prompt and answer format (teaches the schema)."""
 
-    formulations: list[str] = field(default_factory=lambda: ["cf", "mcf"])
+    formulations: list[Formulation] = field(
+        default_factory=lambda: [Formulation.cf, Formulation.mcf]
+    )
 
 
 @dataclass
 class ExtractiveConfig(InstructionTypeConfig):
     """Reading comprehension on the retrieved passages, aimed at the missing fact."""
 
-    # cloze: blank the span; llm: knowledge.extractor_model writes a question (cloze on rejects)
-    question_source: str = "cloze"  # cloze | llm
+    question_source: QuestionSource = QuestionSource.cloze
     llm_max_new_tokens: int = 48  # question_source=llm: greedy tokens per question
     paraphrases: int = 2  # question wordings per fact
     open_book: bool = True  # passage in context
@@ -253,7 +255,7 @@ class GeneralConfig(InstructionTypeConfig):
     """General instruction data that keeps general ability."""
 
     path: str | None = None  # Alpaca or ShareGPT JSON/JSONL; null: items from unrelated articles
-    format: str = "alpaca"  # alpaca | sharegpt
+    format: GeneralFormat = GeneralFormat.alpaca
     max_items: int = 64
 
 
@@ -269,13 +271,6 @@ class InstructionsConfig:
     chat_template: bool = True  # render with the tokenizer's chat template when it has one
 
 
-class TokenCount(StrEnum):
-    """What ``mix.cit_ratio`` and ``mix.max_tokens`` count."""
-
-    loss_tokens = "loss_tokens"  # tokens that bear loss: CIT responses, all of a CPT row
-    all_tokens = "all_tokens"  # prompts too
-
-
 @dataclass
 class MixConfig:
     """How CIT and CPT share the training tokens."""
@@ -289,7 +284,7 @@ class MixConfig:
 
 @dataclass
 class ParadigmConfig:
-    name: str = "parallel"  # parallel | sequential | cpt_only | cit_only
+    name: Paradigm = Paradigm.parallel
 
 
 @dataclass
@@ -302,7 +297,7 @@ class ReplayConfig:
 
 @dataclass
 class ProtocolConfig:
-    name: str = "heldout"  # heldout | retest
+    name: Protocol = Protocol.heldout
 
 
 @dataclass
@@ -327,11 +322,11 @@ class LoraConfig:
 class TrainConfig:
     """Optimisation of one round (the Lightning Trainer itself is the ``trainer`` group)."""
 
-    finetune: str = "lora"  # lora | full
+    finetune: Finetune = Finetune.lora
     lora: LoraConfig = field(default_factory=LoraConfig)
     lr: float = 2e-4
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: Schedule = Schedule.cosine
     warmup_ratio: float = 0.05
     epochs: int = 2
     max_steps: int = -1  # -1: run ``epochs``
@@ -406,22 +401,12 @@ class WarmupConfig:
     max_tokens: int | None = None  # token budget of the warm-up set; null: every pool item once
 
 
-class KeepModels(StrEnum):
-    """Which trained models ``cem run`` keeps on disk (0.5 GB each for the default in fp32)."""
-
-    all = "all"  # every round's model and checkpoints
-    last = "last"  # the newest model only: each is deleted once the next one is trained
-    none = "none"  # not even the final one, once it is scored (sweeps that need only results)
-
-
 @dataclass
 class LoopConfig:
     """How many rounds ``cem run`` makes and when it stops early (METHOD.md, step 7)."""
 
     rounds: int = 2  # rounds of evaluate -> mistakes -> retrieve -> build -> train
-    baseline: str = (
-        "none"  # none (CEM) | random_cpt | full_corpus_cpt | cit_only: a label set by baseline=
-    )
+    baseline: Baseline = Baseline.none  # a label set by baseline= (none: CEM itself)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     patience: int | None = 1  # stop after this many rounds without exam gain; null: never
     min_delta: float = 0.0  # an exam accuracy rise must exceed this to count as a gain
@@ -438,9 +423,9 @@ class LoopConfig:
 class LoggerConfig:
     """Where ``cem run`` mirrors its results; ``D/metrics.csv`` is always written."""
 
-    name: str = "wandb"  # wandb | csv
+    name: Logger = Logger.wandb
     wandb: bool = True  # also log to Weights & Biases
-    mode: str = "offline"  # offline | online | disabled; $WANDB_MODE wins when set
+    mode: WandbMode = WandbMode.offline  # $WANDB_MODE wins when set
     project: str = "cem"
     entity: str | None = None
     group: str | None = None  # null: the run folder's name; a table sets its name
@@ -473,13 +458,15 @@ class RunJob:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+# Each Hydra command's schema, stored as ``<command>_schema`` (``conf/<command>.yaml`` starts there).
+SCHEMAS: dict[str, type] = {"eval": EvalJob, "retrieve": RetrieveJob, "build": BuildJob,
+                            "train": TrainJob, "run": RunJob}  # fmt: skip
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="eval_schema", node=EvalJob)
-    cs.store(name="retrieve_schema", node=RetrieveJob)
-    cs.store(name="build_schema", node=BuildJob)
-    cs.store(name="train_schema", node=TrainJob)
-    cs.store(name="run_schema", node=RunJob)
+    for command, schema in SCHEMAS.items():
+        cs.store(name=f"{command}_schema", node=schema)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:

@@ -28,11 +28,12 @@ from transformers import (
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from cem import device as devices
+from cem.choices import Dtype
 from cem.config import ModelConfig, TrainConfig
 from cem.errors import ConfigError, ModelError
 from cem.testing import TOKENIZER_DIR
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {d.value: getattr(torch, d.value) for d in Dtype}
 LOCAL_PREFIXES = ("/", ".", "~")
 FROM_TOKENIZER = {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}
 

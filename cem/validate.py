@@ -5,30 +5,21 @@ Each message names the key, the bad value, what is allowed and the override that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, ValidationError
+from omegaconf.nodes import EnumNode
 
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
 from cem.benchmarks.world import TRANSFER_SETS as WORLD_TRANSFER
+from cem.choices import values
 from cem.device import device_problem
 from cem.errors import CemError
 
-FORMULATIONS = ("mcf", "cf")
-MCF_TARGETS = ("letter", "text")
-EVAL_MODES = ("loglik", "generate")
-DTYPES = ("float32", "bfloat16", "float16")
-BASELINES = (
-    "none",
-    "random_cpt",
-    "full_corpus_cpt",
-    "full_corpus_cpt_steps",
-    "full_corpus_cpt_fifth",
-    "cit_only",
-)
-BENCHMARKS = ("world", "xiezhi", "mmlu", "ceval", "jsonl", "parquet")
-LOGGERS = ("wandb", "csv")
-WANDB_MODES = ("offline", "online", "disabled")
 LOOP_SETS = ("exam",)  # the loop's mistakes come from the exam set E
 
 
@@ -87,7 +78,7 @@ def in_unit(key: str, value: object, fix: float, *, open_low: bool = False) -> s
 
 
 def check_model(m: DictConfig) -> list[str]:
-    problems = [choice("model.dtype", m.dtype, DTYPES), device_problem("model.device", m.device)]
+    problems = [device_problem("model.device", m.device)]
     sources = [bool(m.asset), bool(m.path), bool(m.random_init)]
     if sum(sources) != 1:
         # Too many: keep the most specific (a path, then an asset) and clear the others.
@@ -106,10 +97,7 @@ def check_model(m: DictConfig) -> list[str]:
 
 
 def check_benchmark(b: DictConfig) -> list[str]:
-    problems = [
-        choice("benchmark", b.name, BENCHMARKS),
-        choice("benchmark.formulation", b.formulation, FORMULATIONS),
-    ]
+    problems = []
     if b.name != "world" and not b.path:
         problems.append(
             f"benchmark.path is required for benchmark={b.name} (a file or a folder of files); "
@@ -149,9 +137,6 @@ def _check_world(b: DictConfig) -> list[str]:
 
 def check_eval(e: DictConfig) -> list[str]:
     problems = [
-        choice("eval.formulation", e.formulation, (None, *FORMULATIONS)),
-        choice("eval.mcf_target", e.mcf_target, MCF_TARGETS),
-        choice("eval.mode", e.mode, EVAL_MODES),
         at_least("eval.batch_size", e.batch_size, 1, 32),
         at_least("eval.chunk_size", e.chunk_size, 1, 2048),
         at_least("eval.max_new_tokens", e.max_new_tokens, 1, 24),
@@ -184,7 +169,6 @@ EVAL_CHECKS = {"model": check_model, "benchmark": check_benchmark, "eval": check
 def check_loop(loop: DictConfig) -> list[str]:
     problems = [
         at_least("loop.rounds", loop.rounds, 1, 2),
-        choice("loop.baseline", loop.baseline, BASELINES),
         at_least("loop.min_delta", loop.min_delta, 0, 0.0),
     ]
     if loop.patience is not None:
@@ -202,12 +186,7 @@ def check_loop(loop: DictConfig) -> list[str]:
 
 
 def check_logger(lg: DictConfig) -> list[str]:
-    problems = [
-        choice("logger", lg.name, LOGGERS),
-        choice("logger.mode", lg.mode, WANDB_MODES),
-        at_least("logger.mistakes_rows", lg.mistakes_rows, 0, 500),
-    ]
-    return [p for p in problems if p]
+    return [p for p in [at_least("logger.mistakes_rows", lg.mistakes_rows, 0, 500)] if p]
 
 
 def check_loop_eval(e: DictConfig) -> list[str]:
@@ -222,3 +201,87 @@ def check_loop_eval(e: DictConfig) -> list[str]:
                     f"(try eval.sets=[{wanted}] or eval.sets=null)"
                 )
     return problems
+
+
+def override_problems(schema: type, overrides: Sequence[str]) -> list[str]:
+    """The command line's overrides that give a choice field of ``schema`` a value outside
+    its ``StrEnum``, every value of a sweep included.
+
+    OmegaConf refuses them when Hydra composes; checked here first, so that ``cem`` reports
+    them all at once in its own words, and no job of a sweep runs before a later job's bad
+    value stops the sweep.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return []  # a malformed override: Hydra says what is wrong with it
+    problems = []
+    for o in parsed:
+        field = None if o.is_delete() or o.package else choice_field(schema, o.key_or_group)
+        if field is None or o.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            continue
+        if o.is_choice_sweep():
+            given = [getattr(v, "text", v) for v in o.sweep_iterator()]  # QuotedString -> str
+        elif o.is_sweep_override():
+            continue  # a range or an interval is numbers: OmegaConf refuses them
+        else:
+            given = [o.value()]
+        given = [v for v in given if not (isinstance(v, str) and "${" in v)]  # resolved later
+        problems += [choice_problem(o.key_or_group, v, *field) for v in given]
+    return [p for p in problems if p]
+
+
+def choice_field(schema: type, key: str) -> tuple[type[StrEnum], bool, bool] | None:
+    """The ``StrEnum`` of the field that the dotted ``key`` names in the dataclass ``schema``,
+    whether it may be null and whether it is a list of them; None for any other field."""
+    kind: object = schema
+    for part in key.split("."):
+        kind = _not_optional(kind)[0]
+        if dataclasses.is_dataclass(kind):
+            hints = typing.get_type_hints(kind)
+            if part not in hints:
+                return None
+            kind = hints[part]
+        elif typing.get_origin(kind) is list and part.isdigit():
+            kind = typing.get_args(kind)[0]
+        else:
+            return None
+    kind, optional = _not_optional(kind)
+    is_list = typing.get_origin(kind) is list
+    if is_list:
+        kind = typing.get_args(kind)[0]
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        return kind, optional, is_list
+    return None
+
+
+def _not_optional(kind: object) -> tuple[object, bool]:
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else kind), True
+    return kind, False
+
+
+def choice_problem(
+    key: str, value: object, choices: type[StrEnum], optional: bool, is_list: bool
+) -> str | None:
+    """``value`` for the choice field ``key`` as OmegaConf would take it, or what is wrong."""
+    if is_list:  # a value that is not a list is OmegaConf's to refuse
+        ok = not isinstance(value, list) or all(_member(choices, v) for v in value)
+        return None if ok else members(key, value, values(choices))
+    if (value is None and optional) or (value is not None and _member(choices, value)):
+        return None
+    return choice(key, value, [*([None] if optional else []), *values(choices)])
+
+
+def _member(choices: type[StrEnum], value: object) -> bool:
+    try:
+        EnumNode.validate_and_convert_to_enum(choices, value)
+    except ValidationError:
+        return False
+    return True

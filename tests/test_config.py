@@ -56,21 +56,18 @@ def test_every_problem_is_reported_at_once():
     cfg = compose_cfg(
         "eval",
         [
-            "eval.formulation=loglik",
+            "eval.max_new_tokens=0",
             "eval.batch_size=0",
-            "model.dtype=int8",
+            "model.max_length=4",
             "benchmark.pool_fraction=1.5",
         ],
     )
     with pytest.raises(ConfigInvalid) as err:
         validate(cfg, EVAL_CHECKS)
     msg = str(err.value)
-    assert (
-        "eval.formulation must be one of null, mcf, cf; got 'loglik' (try eval.formulation=mcf)"
-        in msg
-    )
+    assert "eval.max_new_tokens must be >= 1; got 0 (try eval.max_new_tokens=24)" in msg
     assert "eval.batch_size must be >= 1; got 0 (try eval.batch_size=32)" in msg
-    assert "model.dtype must be one of float32, bfloat16, float16; got 'int8'" in msg
+    assert "model.max_length must be >= 16; got 4 (try model.max_length=2048)" in msg
     assert "benchmark.pool_fraction must be in (0, 1]; got 1.5" in msg
     assert len(err.value.problems) == 4
 

@@ -1,7 +1,8 @@
 """Every fix a config error suggests is an override that composes and removes that error.
 
-Each bad setting below is checked the way ``cem run`` checks it; every ``(try A or B)`` of
-every message is then applied, alternative by alternative, after the bad overrides.
+Each bad setting below is checked the way ``cem run`` checks it (a choice outside its list
+before Hydra composes, the rest by ``check_run``); every ``(try A or B)`` of every message is
+then applied, alternative by alternative, in place of the bad overrides it names.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import re
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cem.config import conf_dir, register_configs
+from cem.config import RunJob, conf_dir, register_configs
 from cem.loop.run import check_run
+from cem.validate import override_problems
 
 BASE = ("experiment=fast", "run_dir=/tmp/x")
 BAD = [
@@ -45,6 +47,11 @@ def compose_run(overrides: list[str]):
         return compose(config_name="run", overrides=[*BASE, *overrides])
 
 
+def problems_of(overrides: list[str]) -> list[str]:
+    """What ``cem run`` reports for these overrides, as its command line does."""
+    return override_problems(RunJob, [*BASE, *overrides]) or check_run(compose_run(overrides))
+
+
 def fixes(problem: str) -> list[list[str]]:
     """The alternatives of a message's ``(try ...)``, each a list of overrides."""
     found = TRY.search(problem)
@@ -52,28 +59,32 @@ def fixes(problem: str) -> list[list[str]]:
 
 
 def apply(bad: list[str], fix: list[str]) -> list[str]:
-    """The overrides after the fix: appended (the last value wins); a group option replaces
-    the user's own overrides inside that group (``knowledge=wiki_offline`` undoes
-    ``knowledge.sources=[]``)."""
-    groups = [f.split("=")[0].replace("/", ".") for f in fix if "." not in f.split("=")[0]]
-    kept = [b for b in bad if not any(b.lstrip("+~").startswith(f"{g}.") for g in groups)]
+    """The overrides after the fix: a value replaces a bad override of its key (OmegaConf
+    refuses a bad choice even when a later override changes it), a deletion follows it, and a
+    group option replaces the user's own overrides inside that group (``knowledge=wiki_offline``
+    undoes ``knowledge.sources=[]``)."""
+    keys = [f.lstrip("+").split("=")[0] for f in fix if not f.startswith("~")]
+    groups = [k.replace("/", ".") for k in keys if "." not in k]
+    kept = [b for b in bad if b.lstrip("+~").split("=")[0] not in keys
+            and not any(b.lstrip("+~").startswith(f"{g}.") for g in groups)]  # fmt: skip
     return [*kept, *fix]
 
 
 @pytest.mark.parametrize("bad", BAD, ids=lambda b: " ".join(b))
 def test_each_suggested_fix_composes_and_clears_its_problem(bad):
-    problems = check_run(compose_run(bad))
+    problems = problems_of(bad)
     assert problems, f"{bad} is not reported"
     for problem in problems:
         alternatives = fixes(problem)
         assert alternatives, f"no fix suggested: {problem}"
         for fix in alternatives:
-            fixed = compose_run(apply(bad, fix))  # raises if the fix is not an override
-            assert problem not in check_run(fixed), (fix, problem)
+            fixed = apply(bad, fix)
+            compose_run(fixed)  # raises if the fix is not an override
+            assert problem not in problems_of(fixed), (fix, problem)
 
 
 def test_the_three_fixes_the_issue_found_wrong_are_overrides_now():
-    by_bad = {" ".join(b): check_run(compose_run(b)) for b in
+    by_bad = {" ".join(b): problems_of(b) for b in
               (["eval.formulation=loglik"], ["benchmark.relations=[capitol]"],
                ["+train.loss_weights.cpd=1.0"])}  # fmt: skip
     assert "(try eval.formulation=mcf)" in by_bad["eval.formulation=loglik"][0]

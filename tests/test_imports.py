@@ -19,7 +19,7 @@ PACKAGE = Path(cem.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cem", "cem.errors", "cem.ui", "cem.signals", "cem.io", "cem.text", "cem.testing"),
     ("cem.assets",),
-    ("cem.config", "cem.layout", "cem.records"),
+    ("cem.choices", "cem.config", "cem.layout", "cem.records"),
     ("cem.models",),
     ("cem.benchmarks",),
     ("cem.validate",),  # each stage's config checks that need no stage of their own

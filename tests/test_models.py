@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, ValidationError
 from transformers import AutoTokenizer
 
 from cem.config import ModelConfig
 from cem.errors import ConfigError, ModelError
-from cem.models import load_model, random_llama, save_model
+from cem.models import load_model, random_llama, save_model, torch_dtype
 from cem.testing import TOKENIZER_DIR
 
 TINY_YAML = Path(__file__).parents[1] / "conf" / "model" / "tiny_random_llama.yaml"
@@ -71,10 +71,12 @@ def test_missing_pad_token_becomes_eos(tmp_path):
 def test_dtype(monkeypatch):
     model, _ = load_model(tiny_cfg(dtype="bfloat16"))
     assert model.dtype == torch.bfloat16
+    with pytest.raises(ValidationError, match=r"Invalid value 'fp8', expected one of \[float32"):
+        tiny_cfg(dtype="fp8")  # the schema refuses it
     with pytest.raises(
         ConfigError, match=r"model.dtype must be one of .*got 'fp8'.*try model.dtype="
     ):
-        load_model(tiny_cfg(dtype="fp8"))
+        torch_dtype("fp8")  # and so does the model's loader, for a config built in code
 
 
 def test_missing_local_path_names_key_and_fix(tmp_path):

@@ -18,7 +18,8 @@ import pytest
 from _fake_api import ARTICLE_A, FakeAPI
 from hydra import compose, initialize_config_dir
 
-from cem.config import SearchProvider, SourceConfig, conf_dir, register_configs
+from cem.choices import SearchProvider
+from cem.config import SourceConfig, conf_dir, register_configs
 from cem.io import write_jsonl
 from cem.knowledge.online import SearchDenied, WebSearchSource
 from cem.knowledge.providers import PROVIDERS, check_web_search

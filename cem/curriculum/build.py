@@ -17,9 +17,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cem.benchmarks.schema import MCItem
-from cem.config import TokenCount, resolve_run_dir
+from cem.choices import TokenCount
+from cem.config import resolve_run_dir
 from cem.curriculum.extractive import MAX_PARAPHRASES
-from cem.curriculum.mixing import PARADIGMS, cit_ratio, order_rows, replay_rows, select
+from cem.curriculum.mixing import cit_ratio, order_rows, replay_rows, select
 from cem.curriculum.render import CIT_KINDS, COLUMNS, KINDS, Renderer, Row
 from cem.errors import CemError, DataError
 from cem.io import iter_jsonl
@@ -32,15 +33,8 @@ from cem.validate import (
     at_least,
     check_benchmark,
     check_model,
-    choice,
     in_unit,
-    members,
 )
-
-PROTOCOLS = ("heldout", "retest")
-FORMULATIONS = ("cf", "mcf")
-QUESTION_SOURCES = ("cloze", "llm")
-GENERAL_FORMATS = ("alpaca", "sharegpt")
 
 
 def check_instructions(ins: DictConfig) -> list[str]:
@@ -49,10 +43,6 @@ def check_instructions(ins: DictConfig) -> list[str]:
     if n.enabled and not n.formulations:
         problems.append("instructions.normative.formulations must not be empty "
                         "(try instructions.normative.formulations=[cf,mcf])")  # fmt: skip
-    problems.append(members("instructions.normative.formulations", n.formulations, FORMULATIONS))
-    problems.append(
-        choice("instructions.extractive.question_source", e.question_source, QUESTION_SOURCES)
-    )
     if e.question_source == "llm":
         problems.append(
             at_least("instructions.extractive.llm_max_new_tokens", e.llm_max_new_tokens, 1, 48)
@@ -70,7 +60,6 @@ def check_instructions(ins: DictConfig) -> list[str]:
     problems += [
         at_least("instructions.review.max_sentences", r.max_sentences, 1, 3),
         in_unit("instructions.review.earlier_rounds_sample", r.earlier_rounds_sample, 0.3),
-        choice("instructions.general.format", g.format, GENERAL_FORMATS),
         at_least("instructions.general.max_items", g.max_items, 1, 64),
     ]
     return problems
@@ -85,8 +74,6 @@ def check_build(cfg: DictConfig) -> list[str]:
     problems += check_model(cfg.model) + check_benchmark(cfg.benchmark)
     problems += check_instructions(cfg.instructions)
     problems += [
-        choice("paradigm", p, PARADIGMS),
-        choice("protocol", cfg.protocol.name, PROTOCOLS),
         in_unit("mix.cit_ratio", mix.cit_ratio, 0.5),
         in_unit("replay.fraction", cfg.replay.fraction, 0.1),
         at_least("replay.correct_items", cfg.replay.correct_items, 0, 0),

@@ -23,11 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from omegaconf import DictConfig
 
-from cem.config import TokenCount
+from cem.choices import TokenCount
 from cem.curriculum.render import CIT_KINDS, Row
 from cem.errors import ConfigError
 
-PARADIGMS = ("parallel", "sequential", "cpt_only", "cit_only")
 Size = Callable[[Row], int]  # how many tokens a row counts for
 
 

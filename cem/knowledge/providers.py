@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from cem.config import SearchProvider
+from cem.choices import SearchProvider
 
 BING_RETIRED = (
     "the Bing Search APIs were retired on 2025-08-11; use knowledge/search=serpapi_bing "

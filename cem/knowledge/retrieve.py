@@ -27,19 +27,13 @@ from cem.validate import (
     check_benchmark,
     check_mistakes,
     check_model,
-    choice,
     in_unit,
     validate,
 )
 
-KEYPOINT_EXTRACTORS = ("rule", "llm")
-PASSAGE_MODES = ("mistakes", "random", "full")
-
 
 def check_knowledge(k: DictConfig) -> list[str]:
     problems = [
-        choice("knowledge.extractor", k.extractor, KEYPOINT_EXTRACTORS),
-        choice("knowledge.passages", k.passages, PASSAGE_MODES),
         in_unit("knowledge.corpus_fraction", k.corpus_fraction, 0.2, open_low=True),
         at_least("knowledge.queries_per_mistake", k.queries_per_mistake, 1, 2),
         at_least("knowledge.top_k_per_mistake", k.top_k_per_mistake, 1, 3),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cem.choices import Retriever, values
 from cem.config import KnowledgeConfig, ModelConfig, SourceConfig
 from cem.errors import CemError, ConfigError
 from cem.knowledge.corpus import (
@@ -29,8 +30,6 @@ from cem.knowledge.corpus import (
 from cem.knowledge.types import KnowledgeSource, Passage, SourceStats
 
 log = logging.getLogger(__name__)
-
-RETRIEVERS = ("bm25", "dense")
 
 
 class CorpusSource:
@@ -240,9 +239,9 @@ def source_problems(cfg: Any, index: int) -> list[ConfigError]:
     elif not Path(str(cfg.path)).expanduser().exists():
         problems.append(ConfigError(f"{where}.path", cfg.path, "does not exist",
                                     f"{where}.path=<an existing file or folder>"))  # fmt: skip
-    if cfg.retriever not in RETRIEVERS:
+    if cfg.retriever not in values(Retriever):
         problems.append(ConfigError(f"{where}.retriever", cfg.retriever,
-                                    f"must be one of {', '.join(RETRIEVERS)}",
+                                    f"must be one of {', '.join(values(Retriever))}",
                                     f"{where}.retriever=bm25"))  # fmt: skip
     return problems
 

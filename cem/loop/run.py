@@ -244,7 +244,9 @@ def run_loop(cfg: DictConfig) -> dict:
             problems += check_devices(cfg.trainer) + check_one_process(cfg.trainer)
         if problems:
             raise ConfigInvalid(problems)
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        # Resolved once, choices as plain strings: the run folder's config, its keys and the
+        # summary hold the same text as before the choices were enums.
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         summary = _loop(cfg, root)
     report(summary)
     return summary

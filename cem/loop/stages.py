@@ -37,7 +37,7 @@ def prune(root: Path, keep: str, final: bool = False) -> list[Path]:
     and the evaluation that scored it came before), unless ``keep`` is ``all``; and with
     ``keep=none`` and ``final`` (the run is over), the newest model too.
     """
-    from cem.config import KeepModels
+    from cem.choices import KeepModels
 
     keep = KeepModels(keep)
     if keep == KeepModels.all:

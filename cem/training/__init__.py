@@ -5,10 +5,6 @@ full-weight choice and the merge, ``train`` the ``cem train`` task. The names be
 light to import, so that configs can be checked before torch is loaded.
 """
 
-KINDS = ("cpt", "normative", "extractive", "review", "general", "replay")  # row kinds
-CIT_KINDS = ("normative", "extractive", "review", "general")  # the four instruction types
-FINETUNE_MODES = ("lora", "full")
-SCHEDULES = ("cosine", "linear", "constant")
 # Lightning strategies that shard the model (FSDP, DeepSpeed ZeRO): CUDA only, and each
 # writes its checkpoints with its own writer (cem.training.strategies).
 SHARDED_STRATEGIES = ("fsdp", "deepspeed")

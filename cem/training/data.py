@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cem.curriculum.render import KINDS
 from cem.errors import CemError, DataError
-from cem.training import KINDS
 
 COLUMNS = ("prompt", "response", "kind", "phase")
 IGNORE = -100

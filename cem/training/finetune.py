@@ -9,9 +9,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cem.choices import Finetune, values
 from cem.config import ModelConfig
 from cem.errors import CemError, ConfigError
-from cem.training import FINETUNE_MODES
 
 # Training keeps float32 master weights whatever ``model.dtype`` says (that is the dtype
 # for inference); the trainer's ``precision`` decides the compute dtype (bf16-mixed).
@@ -55,7 +55,7 @@ def prepare(model: nn.Module, mode: str, lora_cfg: DictConfig) -> nn.Module:
         model.requires_grad_(True)
         return model.train()
     if mode != "lora":
-        raise ConfigError("train.finetune", mode, f"must be one of {', '.join(FINETUNE_MODES)}",
+        raise ConfigError("train.finetune", mode, f"must be one of {', '.join(values(Finetune))}",
                           "train.finetune=lora")  # fmt: skip
     from peft import LoraConfig, get_peft_model
 

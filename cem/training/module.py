@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cem.choices import Schedule, values
+from cem.curriculum.render import CIT_KINDS, KINDS
 from cem.errors import ConfigError
-from cem.training import CIT_KINDS, KINDS, SCHEDULES
 from cem.training.data import IGNORE
 
 
@@ -80,6 +81,7 @@ class CemLM(L.LightningModule):
 
     def __init__(self, model: nn.Module, kind_weights: dict[str, float], lr: float,
                  weight_decay: float, schedule: str, warmup_ratio: float):  # fmt: skip
+        schedule = str(schedule)  # not a Schedule: a checkpoint's hparams load weights-only
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -167,8 +169,8 @@ class CemLM(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        if hp.schedule not in SCHEDULES:
-            raise ConfigError("train.schedule", hp.schedule, f"must be one of {', '.join(SCHEDULES)}",
+        if hp.schedule not in values(Schedule):
+            raise ConfigError("train.schedule", hp.schedule, f"must be one of {', '.join(values(Schedule))}",
                               "train.schedule=cosine")  # fmt: skip
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)

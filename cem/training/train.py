@@ -23,12 +23,13 @@ from omegaconf import DictConfig
 
 from cem import signals
 from cem.config import resolve_run_dir
+from cem.curriculum.render import CIT_KINDS, KINDS
 from cem.errors import ConfigError
 from cem.io import remove_stale, storage_errors, write_json
 from cem.layout import RoundDir, write_stage_config
-from cem.training import CIT_KINDS, FINETUNE_MODES, KINDS, SCHEDULES, SHARDED_STRATEGIES
+from cem.training import SHARDED_STRATEGIES
 from cem.ui import console
-from cem.validate import ConfigInvalid, at_least, check_model, choice, in_unit, validate
+from cem.validate import ConfigInvalid, at_least, check_model, in_unit, validate
 
 # What save_pretrained's max_shard_size reads (transformers' convert_file_size_to_int).
 SHARD_SIZE = re.compile(r"^\d+(KB|MB|GB|KiB|MiB|GiB)$", re.IGNORECASE)
@@ -37,8 +38,6 @@ SHARD_SIZE = re.compile(r"^\d+(KB|MB|GB|KiB|MiB|GiB)$", re.IGNORECASE)
 def check_train(t: DictConfig) -> list[str]:
     """Every problem with the ``train`` node, each with the override that fixes it."""
     problems = [
-        choice("train.finetune", t.finetune, FINETUNE_MODES),
-        choice("train.schedule", t.schedule, SCHEDULES),
         None if t.lr > 0 else f"train.lr must be > 0; got {t.lr!r} (try train.lr=2e-4)",
         at_least("train.weight_decay", t.weight_decay, 0, 0.0),
         in_unit("train.warmup_ratio", t.warmup_ratio, 0.05),
