@@ -64,7 +64,7 @@ def compose(run_dir: Path, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from cem.cli import conf_dir
+    from cem.config import conf_dir
     from cem.config import register_configs
 
     register_configs()
