@@ -64,8 +64,7 @@ def compose(run_dir: Path, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from cem.config import conf_dir
-    from cem.config import register_configs
+    from cem.config import conf_dir, register_configs
 
     register_configs()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
