@@ -132,8 +132,7 @@ def run_hydra(command: str, overrides: list[str]) -> None:
             if e.signum in signals.LAUNCHER_SIGNALS:
                 print(f"cem {command}: {stopped(e)}: the job's time limit is near; the launcher "
                       "requeues it and the requeued job continues from here", file=sys.stderr)  # fmt: skip
-                _finish_wandb()
-                signals.requeue(e)  # exits when it requeues
+                signals.requeue(e)  # exits (SystemExit) when it requeues; W&B ends below
             print(f"cem {command}: {stopped(e)}. {resume_hint(command, overrides, cfg)}",
                   file=sys.stderr)  # fmt: skip
             sys.exit(e.exit_code)

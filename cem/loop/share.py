@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cem.io import read_json, storage_errors, write_json
+from cem.io import read_json, sha256_file, storage_errors, write_json
 from cem.layout import (
     HYDRA,
     LOCKS,
@@ -76,27 +76,25 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def stage_key(stage: str, job: DictConfig, upstream: list[str]) -> str:
-    """The key of ``stage`` run with ``job`` after the stages keyed ``upstream``."""
-    plain = OmegaConf.to_container(job, resolve=True)
-    for dotted in NEUTRAL:
-        node = plain
+def _without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
+    """``cfg`` resolved to plain containers, with the dotted ``keys`` left out."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in keys:
         *parents, leaf = dotted.split(".")
+        node = plain
         for p in parents:
             node = node.get(p, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
+    return plain
+
+
+def stage_key(stage: str, job: DictConfig, upstream: list[str]) -> str:
+    """The key of ``stage`` run with ``job`` after the stages keyed ``upstream``."""
+    plain = _without(job, NEUTRAL)
     text = json.dumps({"stage": stage, "job": plain, "upstream": upstream,
                        "code": code_fingerprint()}, sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -128,7 +126,7 @@ def publish(folder: Path, stage: str, outputs: list[Path], key: str) -> None:
         for path in _files(folder, outputs):
             rel = path.relative_to(folder).as_posix()
             _place(path, tmp / rel)
-            files[rel] = _sha256(tmp / rel)
+            files[rel] = sha256_file(tmp / rel)
         manifest = {"stage": stage, "key": key, "files": files,
                     "marker": read_marker(folder, stage)}  # fmt: skip
         write_json(tmp / MANIFEST, manifest)
@@ -142,7 +140,7 @@ def _valid(entry: Path) -> dict | None:
     try:
         manifest = read_json(entry / MANIFEST)
         bad = [rel for rel, digest in manifest["files"].items()
-               if not (entry / rel).is_file() or _sha256(entry / rel) != digest]  # fmt: skip
+               if not (entry / rel).is_file() or sha256_file(entry / rel) != digest]  # fmt: skip
     except (OSError, ValueError, KeyError) as e:
         bad = [f"{MANIFEST} ({e})"]
     if not bad:
@@ -196,14 +194,7 @@ def run_key(cfg: DictConfig) -> str:
     """A run's key: its resolved config without the result-neutral keys, and the code."""
     from cem.config import RESULT_NEUTRAL
 
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in RESULT_NEUTRAL:
-        *parents, leaf = dotted.split(".")
-        node = plain
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+    plain = _without(cfg, RESULT_NEUTRAL)
     text = json.dumps({"run": plain, "code": code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
