@@ -361,7 +361,6 @@ class RetrieveJob:
     benchmark: BenchmarkConfig = MISSING  # every evaluation set feeds the leak guard
     knowledge: KnowledgeConfig = MISSING
     mistakes: MistakesConfig = field(default_factory=MistakesConfig)
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
 
 @dataclass
