@@ -28,10 +28,10 @@ from transformers import (
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from cem import device as devices
+from cem.assets.bundled import TINY_TOKENIZER_DIR
 from cem.choices import Dtype
 from cem.config import ModelConfig, TrainConfig
 from cem.errors import ConfigError, ModelError
-from cem.testing import TOKENIZER_DIR
 
 DTYPES = {d.value: getattr(torch, d.value) for d in Dtype}
 LOCAL_PREFIXES = ("/", ".", "~")
@@ -73,7 +73,7 @@ def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     if cfg.asset:
         model, tok = _load_asset(cfg, dtype, device)
     elif cfg.random_init:
-        tok = _load_tokenizer(str(cfg.tokenizer or TOKENIZER_DIR), cfg)
+        tok = _load_tokenizer(str(cfg.tokenizer or TINY_TOKENIZER_DIR), cfg)
         model = random_llama(_plain(cfg.arch), tok, seed, dtype).to(device)
     elif cfg.path:
         model, tok = _load_pretrained(cfg, dtype, device)
@@ -183,8 +183,6 @@ def save_model(
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The configured model's tokenizer, without loading the weights (a pad token is set)."""
-    from cem.testing import TOKENIZER_DIR
-
     if cfg.tokenizer:
         path = str(cfg.tokenizer)
     elif cfg.asset:
@@ -192,7 +190,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
         path = str(asset_dir(cfg.asset))
     elif cfg.random_init:
-        path = str(TOKENIZER_DIR)
+        path = str(TINY_TOKENIZER_DIR)
     else:
         path = _resolve_path(cfg.path)
     tok = _load_tokenizer(path, cfg)

@@ -1,7 +1,8 @@
 """The tiny random Llama and bundled tokenizer that the unit tests score with.
 
 Both come from ``cem.models.load_model`` with ``conf/model/tiny_random_llama.yaml``: a
-seeded 2-layer Llama (hidden 64) over the 2,048-token tokenizer in ``cem.testing``.
+seeded 2-layer Llama (hidden 64) over the 2,048-token tokenizer bundled in
+``cem.assets.bundled``.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from cem.assets import fetch as F
+from cem.assets.bundled import TINY_TOKENIZER_DIR
 from cem.assets.cli import main
 from cem.assets.registry import ASSETS, AssetSpec, get_spec
 from cem.errors import AssetError
-from cem.testing import TOKENIZER_DIR
 
 NAME = "test-data"
 PKG = "cemtestdata"
@@ -207,7 +207,7 @@ def make_tiny_gguf(path: Path) -> Path:
     import gguf
     import numpy as np
 
-    tj = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
+    tj = json.loads((TINY_TOKENIZER_DIR / "tokenizer.json").read_text())
     vocab = {**tj["model"]["vocab"], **{t["content"]: t["id"] for t in tj["added_tokens"]}}
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     special = {t["id"] for t in tj["added_tokens"]}
@@ -228,7 +228,7 @@ def make_tiny_gguf(path: Path) -> Path:
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    w.add_chat_template((TOKENIZER_DIR / "chat_template.jinja").read_text())
+    w.add_chat_template((TINY_TOKENIZER_DIR / "chat_template.jinja").read_text())
     rng = np.random.default_rng(0)
     shapes = {"token_embd": (len(tokens), h), "output_norm": (h,)}  # no output.weight: tied
     for i in range(2):
@@ -333,3 +333,25 @@ def test_smollm2_conversion_matches_gguf(tmp_path):
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])
+
+
+def test_every_data_file_in_the_package_is_shipped_in_the_wheel():
+    """Each non-Python file under cem/ matches a ``package-data`` glob, or the wheel lacks it
+    (``model=tiny_random_llama`` would then fail outside a checkout)."""
+    import tomllib
+
+    import cem
+
+    root = Path(cem.__file__).parent
+    pyproject = tomllib.loads((root.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped: set[Path] = set()
+    for package, globs in pyproject["tool"]["setuptools"]["package-data"].items():
+        folder = root.parent.joinpath(*package.split("."))
+        shipped |= {p for g in globs for p in folder.glob(g) if p.is_file()}
+    data = {
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts
+    }
+    assert TINY_TOKENIZER_DIR / "tokenizer.json" in data
+    assert sorted(str(p.relative_to(root)) for p in data - shipped) == []

@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from cem.assets.bundled import TINY_TOKENIZER_DIR
 from cem.benchmarks.prompts import render
 from cem.benchmarks.schema import MCItem
 from cem.config import ExtractiveConfig, GeneralConfig, ReviewConfig, conf_dir, register_configs
@@ -25,7 +26,6 @@ from cem.curriculum.review import key_sentences, review_rows
 from cem.errors import CemError, ConfigError, DataError
 from cem.knowledge.leak import LeakGuard
 from cem.knowledge.types import Passage
-from cem.testing import TOKENIZER_DIR
 from cem.validate import ConfigInvalid
 
 COUNTRIES = {  # set -> (country, capital); invented, so nothing is known in advance
@@ -48,7 +48,7 @@ PASSAGES = {
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    return AutoTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR))
 
 
 @pytest.fixture

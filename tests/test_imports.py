@@ -17,7 +17,7 @@ import cem
 PACKAGE = Path(cem.__file__).parent
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cem", "cem.errors", "cem.ui", "cem.signals", "cem.io", "cem.text", "cem.testing"),
+    ("cem", "cem.errors", "cem.ui", "cem.signals", "cem.io", "cem.text"),
     ("cem.assets",),
     ("cem.choices", "cem.config", "cem.layout", "cem.records"),
     ("cem.models",),

@@ -9,10 +9,10 @@ import torch
 from omegaconf import OmegaConf, ValidationError
 from transformers import AutoTokenizer
 
+from cem.assets.bundled import TINY_TOKENIZER_DIR
 from cem.config import ModelConfig
 from cem.errors import ConfigError, ModelError
 from cem.models import load_model, random_llama, save_model, torch_dtype
-from cem.testing import TOKENIZER_DIR
 
 TINY_YAML = Path(__file__).parents[1] / "conf" / "model" / "tiny_random_llama.yaml"
 
@@ -61,7 +61,7 @@ def test_forward_and_pad_token():
 
 
 def test_missing_pad_token_becomes_eos(tmp_path):
-    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
     tok.pad_token = None
     tok.save_pretrained(tmp_path / "tok")
     _, tok = load_model(tiny_cfg(tokenizer=str(tmp_path / "tok")))
@@ -108,7 +108,7 @@ def test_save_model_round_trip(tmp_path):
 
 
 def test_tokenizer_larger_than_vocab_is_refused(tmp_path):
-    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
     small = random_llama(OmegaConf.to_container(tiny_cfg().arch), tok, 0, torch.float32)
     small.resize_token_embeddings(100)
     save_model(small, tok, tmp_path / "small")

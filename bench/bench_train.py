@@ -6,7 +6,7 @@ the offline asset) and short CIT question/answer pairs, one to one. Ours packs t
 collation), with as many rows per batch as ours packs into one. Tokens/s counts real
 (non-pad) input tokens and skips the first step (start-up). Nothing is asserted.
 
-    .venv/bin/python benchmarks/bench_train.py --steps 20 --precision 32-true bf16-mixed
+    .venv/bin/python bench/bench_train.py --steps 20 --precision 32-true bf16-mixed
 """
 
 from __future__ import annotations

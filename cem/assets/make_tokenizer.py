@@ -1,4 +1,4 @@
-"""Rebuild the bundled test tokenizer: ``python -m cem.testing.make_tokenizer SUMMARIES_JSON``.
+"""Rebuild the bundled tiny tokenizer: ``python -m cem.assets.make_tokenizer SUMMARIES_JSON``.
 
 It was trained on the Wikipedia summaries asset (``cem assets fetch``); the result is
 committed, so nobody needs to run this unless the tokenizer must change.
@@ -12,7 +12,7 @@ import sys
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from cem.testing import TOKENIZER_DIR
+from cem.assets.bundled import TINY_TOKENIZER_DIR
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -41,7 +41,7 @@ def build(summaries_json: str, vocab_size: int = 2048) -> None:
         unk_token="<|endoftext|>",
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(TOKENIZER_DIR)
+    fast.save_pretrained(TINY_TOKENIZER_DIR)
 
 
 if __name__ == "__main__":
