@@ -2,11 +2,15 @@
 
 Both train SmolLM2-135M-Instruct on the same rows: CPT passages (Wikipedia summaries from
 the offline asset) and short CIT question/answer pairs, one to one. Ours packs them into
-``--seq-len`` sequences; the baseline pads each batch to its longest row (HF's default
-collation), with as many rows per batch as ours packs into one. Tokens/s counts real
-(non-pad) input tokens and skips the first step (start-up). Nothing is asserted.
+``--seq-len`` sequences. The HF peers pad each batch to its longest row, with as many rows
+per batch as ours packs into one: once with HF's default collation (random batches), and
+once with length grouping as an HF user would turn it on (``group_by_length=True``, which
+transformers 5 spells ``train_sampling_strategy="group_by_length"``), which batches rows
+of similar length and so pads less. Tokens/s counts real (non-pad) input tokens and skips
+the first step (start-up). Nothing is asserted.
 
     .venv/bin/python bench/bench_train.py --steps 20 --precision 32-true bf16-mixed
+    .venv/bin/python bench/bench_train.py --smoke   # does it run? (no figure to keep)
 """
 
 from __future__ import annotations
@@ -38,7 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-hf", action="store_true", help="time ours only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting: LoRA in fp32, 2 steps, 16 rows of 128 tokens",
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.rows, args.seq_len, args.batch_size = 2, 16, 128, 1
+        args.modes, args.precision = ["lora"], ["32-true"]
+    return args
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
@@ -94,8 +107,24 @@ def bench_ours(rows: list[dict], mode: str, precision: str, args) -> dict:
     }
 
 
-def bench_hf(rows: list[dict], precision: str, batch: int, args) -> dict:
-    """HF Trainer + peft LoRA with the same rows, targets and LoRA settings, padded batches."""
+# The HF peers: (results key, TrainingArguments that differ from HF's defaults).
+HF_PEERS = {"hf_trainer_peft": {}, "hf_trainer_peft_grouped": {"group_by_length": True}}
+
+
+def hf_arguments(extra: dict) -> dict:
+    """``extra`` as this transformers spells it: ``group_by_length=True`` became
+    ``train_sampling_strategy="group_by_length"`` in transformers 5."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    if extra.get("group_by_length") and "group_by_length" not in fields:
+        return {"train_sampling_strategy": "group_by_length"}
+    return dict(extra)
+
+
+def bench_hf(rows: list[dict], precision: str, batch: int, args, extra: dict) -> dict:
+    """HF Trainer + peft LoRA with the same rows, targets and LoRA settings, padded batches;
+    ``extra``: TrainingArguments beyond the defaults (``HF_PEERS``)."""
     from omegaconf import OmegaConf
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
@@ -128,15 +157,18 @@ def bench_hf(rows: list[dict], precision: str, batch: int, args) -> dict:
             learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=0.05, max_grad_norm=1.0,
             bf16=precision.startswith("bf16"), use_cpu=True, save_strategy="no", report_to=[],
             logging_steps=1, disable_tqdm=True, remove_unused_columns=False,
-            dataloader_num_workers=0, seed=0,
+            dataloader_num_workers=0, seed=0, **hf_arguments(extra),
         )  # fmt: skip
-        Trainer(model=model, args=targs, train_dataset=data, data_collator=collate,
-                callbacks=[Clock()]).train()  # fmt: skip
+        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate,
+                          callbacks=[Clock()])  # fmt: skip
+        sampler = type(trainer._get_train_sampler()).__name__  # LengthGroupedSampler: grouped
+        trainer.train()
     timed = seen[1 : len(ends)]
     return {
         "tokens_per_s": sum(r for r, _ in timed) / (ends[-1] - ends[0]),
         "padding_waste": 1 - sum(r for r, _ in seen) / sum(n for _, n in seen),
         "rows_per_batch": batch,
+        "sampler": sampler,
     }
 
 
@@ -177,20 +209,29 @@ def main(argv: list[str] | None = None) -> None:
             print(key, json.dumps(results[key]), flush=True)
             if mode == "lora" and not args.skip_hf:
                 batch = max(1, round(results[key]["rows_per_batch"]))
-                key = f"hf_trainer_peft/{mode}/{precision}"
-                results[key] = bench_hf(rows, precision, batch, args)
-                print(key, json.dumps(results[key]), flush=True)
-    print("\nmeasurement                     tokens/s   vs HF   padding")
+                for peer, extra in HF_PEERS.items():
+                    key = f"{peer}/{mode}/{precision}"
+                    results[key] = bench_hf(rows, precision, batch, args, extra)
+                    print(key, json.dumps(results[key]), flush=True)
+    print_table(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+def print_table(results: dict) -> None:
+    """Tokens/s of each measurement, as a multiple of each HF peer's, and padding waste."""
+    print(f"\n{'measurement':<38} {'tokens/s':>9} {'vs HF':>7} {'vs HF grouped':>14} "
+          f"{'padding':>8}")  # fmt: skip
     for key, r in results.items():
         if key == "padding":
             continue
         mode, prec = key.split("/")[1:]
-        hf = results.get(f"hf_trainer_peft/{mode}/{prec}")
-        ratio = f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf else "-"
+        ratios = []
+        for peer in HF_PEERS:
+            hf = results.get(f"{peer}/{mode}/{prec}")
+            ratios.append(f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf else "-")
         pad = f"{r['padding_waste']:.1%}" if "padding_waste" in r else "-"
-        print(f"{key:<30} {r['tokens_per_s']:>9.0f} {ratio:>7} {pad:>9}")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        print(f"{key:<38} {r['tokens_per_s']:>9.0f} {ratios[0]:>7} {ratios[1]:>14} {pad:>8}")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,11 @@ class KnowledgeConfig:
     extractor: Extractor = Extractor.rule  # how mistakes become search queries
     extractor_model: str | None = None  # llm extractor: local folder or hub id of an instruct model
     extractor_max_new_tokens: int = 64
+    # The llm extractor's model, also the extractive question writer's: prompts per generate
+    # call (left-padded), and its weights' dtype. Greedy replies do not depend on the batch
+    # in float32; in bfloat16 a near-tie can go the other way in a batch.
+    extractor_batch_size: int = 8
+    extractor_dtype: Dtype = Dtype.bfloat16
     queries_per_mistake: int = 2
     top_k_per_mistake: int = 3  # passages kept per mistake after leak guard and dedup
     passage_tokens: int = 256  # chunk budget, counted with the model's tokenizer

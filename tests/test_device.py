@@ -12,6 +12,7 @@ import pytest
 import torch
 from _tiny import tiny_model, tiny_tokenizer
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from cem import device as devices
 from cem.config import KnowledgeConfig, SourceConfig, conf_dir, register_configs
@@ -155,7 +156,8 @@ def test_the_extractor_and_question_writer_generate_where_the_resolver_says(tmp_
     folder = save_model(tiny_model(), tiny_tokenizer(), tmp_path / "extractor")
     spy = install_spy(monkeypatch)
     _stop_at(monkeypatch, generate, "generate_texts")
-    ask = extractor_generate(str(folder), 4, device="cuda:3")
+    kcfg = OmegaConf.structured(KnowledgeConfig(name="x", extractor_model=str(folder)))
+    ask = extractor_generate(kcfg, 4, device="cuda:3")
     assert spy == []  # nothing loads before there is a prompt
     with pytest.raises(Reached) as hit:
         ask(["Name the capital of Bhutan."])

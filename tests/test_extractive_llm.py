@@ -221,7 +221,8 @@ def build(root, *overrides):
 
 def test_llm_questions_need_the_extractor_model(root):
     with pytest.raises(ConfigInvalid) as err:
-        build(root, LLM, "instructions.extractive.llm_max_new_tokens=0")
+        build(root, LLM, "instructions.extractive.llm_max_new_tokens=0",
+              "knowledge.extractor_batch_size=0")  # fmt: skip
     msg = str(err.value)
     assert (
         "knowledge.extractor_model must name an instruct model for "
@@ -229,6 +230,8 @@ def test_llm_questions_need_the_extractor_model(root):
     ) in msg
     assert "or instructions.extractive.question_source=cloze)" in msg
     assert "instructions.extractive.llm_max_new_tokens must be >= 1; got 0" in msg
+    assert ("knowledge.extractor_batch_size must be >= 1; got 0 "
+            "(try knowledge.extractor_batch_size=8)") in msg  # fmt: skip
     # Extractive off: nothing asks the extractor, so no model is needed.
     assert build(root, LLM, "instructions=no_extractive")["rows"] > 0
 
@@ -236,8 +239,8 @@ def test_llm_questions_need_the_extractor_model(root):
 def test_build_counts_llm_questions_and_guards_them(root, monkeypatch):
     made = []
 
-    def fake_extractor(model_path, max_new_tokens, *, device, batch_size=8):
-        made.append((model_path, max_new_tokens, device))
+    def fake_extractor(kcfg, max_new_tokens, *, device):
+        made.append((kcfg.extractor_model, max_new_tokens, device))
         # Angolia's question restates the exam item: the heldout guard must drop its rows.
         return canned({**REPLIES, SENTENCE: "What is the capital of Angolia?"})
 
@@ -286,3 +289,54 @@ def test_build_with_the_tiny_random_model_falls_back_everywhere(root, monkeypatc
     assert sum(stats["extractive_llm_fallback_reasons"].values()) == 2
     extractive = [r for r in load_rows(root) if r["kind"] == "extractive"]
     assert extractive and all(BLANK in r["prompt"] for r in extractive)
+
+
+def sharpened_tiny_model():
+    """The tiny Llama with its matrices scaled up: at the default scale its replies to
+    chat-wrapped prompts are all newlines (they end alike), which no batching could change."""
+    import torch
+    from _tiny import tiny_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4)
+    return model
+
+
+@pytest.mark.e2e
+def test_the_extractor_s_batched_replies_are_its_one_at_a_time_replies(tmp_path, monkeypatch):
+    """Both LLM paths (knowledge points and extractive questions) generate through
+    ``extractor_generate``: left-padded batches of ``knowledge.extractor_batch_size``, greedy.
+    In float32 a batch changes no reply."""
+    from _tiny import tiny_tokenizer
+
+    from cem.config import KnowledgeConfig
+    from cem.evaluation import generate
+    from cem.knowledge.keypoints import LLM_PROMPT
+    from cem.models import save_model
+
+    batches = []
+    real = generate.generate_texts
+    monkeypatch.setattr(generate, "generate_texts",
+                        lambda *a, **k: batches.append(k["batch_size"]) or real(*a, **k))  # fmt: skip
+
+    folder = save_model(sharpened_tiny_model(), tiny_tokenizer(), tmp_path / "extractor")
+    asked = [("What is the capital of Bhutan?", "Thimphu"), ("Where?", "Here"),
+             ("Which river flows through the town of Kessa in the north?", "Lumo"),
+             ("Who founded the first public library of Marrow?", "Queen Ilsa"),
+             ("In which year did the Tarn Republic adopt the silver crown?", "1891")]  # fmt: skip
+    prompts = [LLM_PROMPT.format(question=q, answer=a) for q, a in asked]
+
+    def replies(batch_size: int) -> list[str]:
+        kcfg = OmegaConf.structured(KnowledgeConfig(
+            name="x", extractor_model=str(folder), extractor_batch_size=batch_size,
+            extractor_dtype="float32"))  # fmt: skip
+        return retrieve_mod.extractor_generate(kcfg, 12, device="cpu")(prompts)
+
+    one = replies(1)
+    assert len(set(one)) >= 3  # replies that depend on their prompt
+    assert replies(4) == one  # a full batch, then one prompt alone
+    assert replies(8) == one  # all in one batch
+    assert batches == [1, 4, 8]

@@ -180,9 +180,8 @@ def test_cem_run_refuses_a_trainer_of_several_ranks_before_compute(tmp_path, mon
     assert "trainer.devices=2 on trainer.num_nodes=1 makes 2 training ranks, and cem run " in (
         str(err.value)
     )
-    assert "torchrun --nproc_per_node=N -m cem.training.train run_dir=<run>/round_<r>" in (
-        str(err.value)
-    )
+    assert ("torchrun --nproc_per_node=N -m cem train run_dir=<run>/round_<r> trainer=ddp "
+            "trainer.devices=N)") in str(err.value)  # fmt: skip
     assert not (tmp_path / "run" / "round_0").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)

@@ -78,3 +78,40 @@ def test_smollm2_lora_learns_facts(tmp_path):
     assert m["loss_last"] < m["loss_first"]
     assert sum(after) > sum(before) + 2.0, (before, after)
     assert sum(a > b for a, b in zip(after, before, strict=True)) >= 3, (before, after)
+
+
+def test_torchrun_trains_on_two_cpu_ranks_and_rank_0_saves_the_model_once(tmp_path):
+    """``torchrun --nproc_per_node=2 -m cem train ... trainer=ddp`` (the recipe for training on
+    N GPUs, here 2 gloo ranks): Lightning takes torchrun's ranks instead of starting its own,
+    and the merged model is the one Lightning's own 2-process start makes, byte for byte."""
+    from _tiny import tiny_model
+    from test_parallel_eval import child_env
+
+    from cem.config import ModelConfig
+    from cem.models import load_model
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "cem", "train"]  # fmt: skip
+    runs = {"torchrun": torchrun, "lightning": [sys.executable, "-m", "cem", "train"]}
+    said = {}
+    for name, entry in runs.items():
+        write_set(tmp_path / name, small_set() * 2)
+        proc = subprocess.run([*entry, f"run_dir={tmp_path / name}", *DDP_ARGS], cwd=REPO,
+                              env=child_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        said[name] = " ".join((proc.stdout + proc.stderr).split())  # rich wraps lines
+        assert "Starting with 2 processes" in said[name]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in said["torchrun"]
+    assert said["torchrun"].count(f"wrote {tmp_path / 'torchrun' / 'model'}") == 1  # rank 0
+    model_dir = tmp_path / "torchrun" / "model"
+    assert [p.name for p in model_dir.glob("*.safetensors")] == ["model.safetensors"]
+    reference = (tmp_path / "lightning" / "model" / "model.safetensors").read_bytes()
+    assert (model_dir / "model.safetensors").read_bytes() == reference
+    metrics = json.loads((tmp_path / "torchrun" / "train" / "metrics.json").read_text())
+    assert metrics["steps"] == 3
+    trained, _ = load_model(ModelConfig(name="trained", path=str(model_dir), dtype="float32"))
+    base = tiny_model().state_dict()  # what training started from (seed 0)
+    weights = trained.state_dict()
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in base.items()}
+    lora_targets = [k for k in base if k.endswith(("q_proj.weight", "v_proj.weight"))]
+    assert lora_targets and all(not torch.equal(weights[k], base[k]) for k in lora_targets)

@@ -87,6 +87,10 @@ def check_build(cfg: DictConfig) -> list[str]:
             "instructions.extractive.question_source=llm (try knowledge.extractor_model="
             "Qwen/Qwen2-7B-Instruct or instructions.extractive.question_source=cloze)"
         )
+    if e.enabled and e.question_source == "llm":
+        problems.append(
+            at_least("knowledge.extractor_batch_size", cfg.knowledge.extractor_batch_size, 1, 8)
+        )
     if mix.max_tokens is not None:
         problems.append(at_least("mix.max_tokens", mix.max_tokens, 1, 100000))
     if p in ("parallel", "sequential") and mix.cit_ratio == 1:
@@ -308,9 +312,8 @@ def build_candidates(
             from cem.knowledge.retrieve import extractor_generate
 
             generate = extractor_generate(
-                cfg.knowledge.extractor_model, ins.extractive.llm_max_new_tokens,
-                device=cfg.model.device,
-            )  # fmt: skip
+                cfg.knowledge, ins.extractive.llm_max_new_tokens, device=cfg.model.device
+            )
         cit["extractive"] = extractive_rows(
             mistakes, passages, ins.extractive, renderer, rnd, generate=generate, stats=counts
         )

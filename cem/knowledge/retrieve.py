@@ -35,6 +35,7 @@ from cem.validate import (
 def check_knowledge(k: DictConfig) -> list[str]:
     problems = [
         in_unit("knowledge.corpus_fraction", k.corpus_fraction, 0.2, open_low=True),
+        at_least("knowledge.extractor_batch_size", k.extractor_batch_size, 1, 8),
         at_least("knowledge.queries_per_mistake", k.queries_per_mistake, 1, 2),
         at_least("knowledge.top_k_per_mistake", k.top_k_per_mistake, 1, 3),
         at_least("knowledge.passage_tokens", k.passage_tokens, 16, 256),
@@ -89,23 +90,21 @@ def llm_replies(mistakes: list[Mistake], kcfg: DictConfig, device: str) -> list[
     """Ask the extractor model for each mistake's keywords (greedy, batched)."""
     from cem.knowledge.keypoints import LLM_PROMPT
 
-    generate = extractor_generate(
-        kcfg.extractor_model, kcfg.extractor_max_new_tokens, device=device
-    )
+    generate = extractor_generate(kcfg, kcfg.extractor_max_new_tokens, device=device)
     return generate([LLM_PROMPT.format(question=m.question, answer=m.gold_text) for m in mistakes])
 
 
 def extractor_generate(
-    model_path: str, max_new_tokens: int, *, device: str, batch_size: int = 8
+    kcfg: DictConfig, max_new_tokens: int, *, device: str
 ) -> Callable[[list[str]], list[str]]:
     """A ``generate(prompts) -> replies`` over the LLM extractor (``knowledge.extractor_model``).
 
     Each prompt is one user turn, wrapped in the model's chat template; the replies are
-    greedy and batched. The model (a local folder or hub id, loaded in bfloat16 where
-    ``device``, a ``model.device`` value, resolves) is loaded on the first call with
-    prompts and kept for later calls, so a builder that ends up with nothing to ask loads
-    nothing. Used by the knowledge-point extractor
-    (``knowledge.extractor=llm``) and the extractive questions
+    greedy, in batches of ``knowledge.extractor_batch_size`` (left-padded). The model (a
+    local folder or hub id, loaded in ``knowledge.extractor_dtype`` where ``device``, a
+    ``model.device`` value, resolves) is loaded on the first call with prompts and kept for
+    later calls, so a builder that ends up with nothing to ask loads nothing. Used by the
+    knowledge-point extractor (``knowledge.extractor=llm``) and the extractive questions
     (``instructions.extractive.question_source=llm``).
     """
     loaded: list = []
@@ -120,13 +119,13 @@ def extractor_generate(
             from cem.config import ModelConfig
             from cem.models import load_model
 
-            mcfg = ModelConfig(name="extractor", path=model_path, dtype="bfloat16",
-                               device=device, chat=True)  # fmt: skip
+            mcfg = ModelConfig(name="extractor", path=kcfg.extractor_model,
+                               dtype=kcfg.extractor_dtype, device=device, chat=True)  # fmt: skip
             loaded.extend(load_model(mcfg))
         model, tok = loaded
         wrapped = [chat_wrap(tok, p) for p in prompts]
         return generate_texts(model, tok, wrapped, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size)  # fmt: skip
+                              batch_size=kcfg.extractor_batch_size)  # fmt: skip
 
     return generate
 

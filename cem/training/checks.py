@@ -120,8 +120,8 @@ def check_one_process(tr: DictConfig) -> list[str]:
         return []
     return [f"trainer.devices={devices} on trainer.num_nodes={nodes} makes {ranks} training "
             "ranks, and cem run trains in one process (try trainer.devices=1, or train a "
-            "round's stage alone on N GPUs: torchrun --nproc_per_node=N -m "
-            "cem.training.train run_dir=<run>/round_<r>)"]  # fmt: skip
+            "round's stage alone on N GPUs: torchrun --nproc_per_node=N -m cem train "
+            "run_dir=<run>/round_<r> trainer=ddp trainer.devices=N)"]  # fmt: skip
 
 
 def _literals(t: object) -> list:
