@@ -117,14 +117,8 @@ def group(runs: list[Run]) -> tuple[list[Variant], dict[str, str]]:
 # --- the numbers of one run ------------------------------------------------------------------
 
 
-def run_metrics(s: dict, folder: Path | None = None) -> dict[str, float | None]:
-    """The report's columns for one summary (accuracies and gains as fractions).
-
-    ``folder`` (the run's) supplies the trained tokens of summaries written before they
-    were recorded there.
-    """
-    from cem.loop.summary import trained_tokens
-
+def run_metrics(s: dict) -> dict[str, float | None]:
+    """The report's columns for one summary (accuracies and gains as fractions)."""
     final = s["rounds"][-1]
     ref = s["warmup"] if s["reference"] == "warmup" else s["rounds"][0]
     out: dict[str, float | None] = {}
@@ -143,8 +137,7 @@ def run_metrics(s: dict, folder: Path | None = None) -> dict[str, float | None]:
     entries = s["rounds"][1:]
     out["cpt_tokens"] = float(sum(e["cpt_tokens"] for e in entries))
     out["cit_tokens"] = float(sum(e["cit_tokens"] for e in entries))
-    trained = [e.get("trained_tokens") or (trained_tokens(RunDir(folder).round(e["round"]))
-               if folder else {}) for e in entries]  # fmt: skip
+    trained = [e["trained_tokens"] for e in entries]
     out["cpt_tokens_trained"] = float(sum(t.get("cpt", 0) for t in trained))
     out["cit_response_tokens_trained"] = float(
         sum(n for t in trained for k, n in t.items() if k not in ("cpt", "replay"))
@@ -170,7 +163,7 @@ def aggregate(values: list[float | None]) -> dict | None:
 
 
 def variant_stats(v: Variant) -> dict[str, dict]:
-    per_run = [run_metrics(r.summary, r.path) for r in v.runs]
+    per_run = [run_metrics(r.summary) for r in v.runs]
     keys = list(dict.fromkeys(k for m in per_run for k in m))
     stats = {k: aggregate([m.get(k) for m in per_run]) for k in keys}
     return {k: s for k, s in stats.items() if s is not None}

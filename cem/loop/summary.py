@@ -121,28 +121,19 @@ def _timing(*parts: tuple[RoundDir, list[str]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _tokens(folder: RoundDir) -> dict[str, int]:
-    """Tokens of the round's training set (``cpt_tokens``...) and of what training reached
-    (``trained_tokens``)."""
+def _tokens(folder: RoundDir) -> dict:
+    """Tokens of the round's training set (``cpt_tokens``...) and what training reached
+    (``train/metrics.json``): the rows, and the loss-bearing tokens per kind
+    (``trained_tokens``). CPT tokens all bear loss, a CIT item's only its response; with
+    ``train.max_steps`` below one epoch, training reaches less than the set holds, so data
+    efficiency uses them."""
     path, m = folder.train_set_stats, folder.train_metrics
     t = read_json(path)["tokens"] if path.is_file() else {}
     reached = read_json(m) if m.is_file() else {}
     return {**{f"{k}_tokens": int(t.get(k, 0)) for k in ("cpt", "cit", "replay")},
-            "trained_tokens": trained_tokens(folder),
+            "trained_tokens": {k: int(v) for k, v in reached.get("target_tokens", {}).items()},
             "rows_reached": reached.get("rows_reached"), "rows_total": reached.get("rows_total"),
             "epoch_losses": reached.get("epoch_losses")}  # fmt: skip
-
-
-def trained_tokens(folder: RoundDir) -> dict[str, int]:
-    """Loss-bearing tokens training reached, per kind (``train/metrics.json``).
-
-    CPT tokens all bear loss; a CIT item's only its response. With ``train.max_steps``
-    below one epoch, this is less than the set holds, so data efficiency uses it.
-    """
-    path = folder.train_metrics
-    if not path.is_file():
-        return {}
-    return {k: int(v) for k, v in read_json(path).get("target_tokens", {}).items()}
 
 
 def _entry(round_: int, label: str, protocol: str, scored: RoundDir, root: Path) -> dict:
