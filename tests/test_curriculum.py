@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from _records import eval_record
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -26,6 +27,7 @@ from cem.curriculum.review import key_sentences, review_rows
 from cem.errors import CemError, ConfigError, DataError
 from cem.knowledge.leak import LeakGuard
 from cem.knowledge.types import Passage
+from cem.records import write_records
 from cem.validate import ConfigInvalid
 
 COUNTRIES = {  # set -> (country, capital); invented, so nothing is known in advance
@@ -359,8 +361,8 @@ def test_replay_of_earlier_rounds_and_correct_items(run):
     old = [Row(f"old text {i}", "", "cpt", 1, [f"d{i}"], 0, 3) for i in range(10)]
     write_train_set(earlier, old, {})
     write_jsonl(earlier / "knowledge/knowledge.jsonl", [p.to_dict() for p in passages()[:1]])
-    records = [{"id": it.id, "set": "pool", "correct": True} for it in items("pool")[:2]]
-    write_jsonl(run / "D/eval/records.jsonl", records)
+    records = [eval_record(it.id, "pool", True) for it in items("pool")[:2]]
+    write_records(run / "D/eval/records.jsonl", records)
     cfg = build_cfg(run, "round=2", "replay.fraction=0.5", "replay.correct_items=1")
     stats = run_build(cfg, earlier_rounds=[earlier])
     replay = [r for r in load_rows(run) if r["kind"] == "replay"]

@@ -91,7 +91,7 @@ def test_one_row_per_exam_mistake_with_its_evidence(run):
             # The answer under each later model; the first decides fixed or not.
             assert [a.model for a in r.later] == [f"round {j}" for j in range(k, 3)]
             assert r.later[0].correct == (r.status == "fixed")
-            assert r.later[-1].correct == evals[3][r.id]["correct"]
+            assert r.later[-1].correct == evals[3][r.id].correct
     statuses = {(r.status, r.hit, r.relation) for k in (1, 2) for r in round_rows(run, k, evals)}
     assert {s for s, _, _ in statuses} == {"fixed", "unfixed"}  # the data the filters need
     assert {h for _, h, _ in statuses} == {True, False}

@@ -12,19 +12,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from _records import eval_record
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from cem.config import conf_dir, register_configs
 from cem.errors import CemError
-from cem.io import read_json, read_jsonl, write_json, write_jsonl
+from cem.io import read_json, read_jsonl, write_json
 from cem.layout import RoundDir, read_marker
 from cem.loop import stages
 from cem.loop.plots import plot_summary
 from cem.loop.run import check_run, run_loop, stop_reason
 from cem.loop.summary import build_summary, efficiency, forgetting, gains, report
-from cem.records import EvalRecord
+from cem.records import EvalRecord, RunSummary, read_summary, write_records
 
 
 def compose_run(*overrides: str):
@@ -33,11 +34,11 @@ def compose_run(*overrides: str):
         return compose(config_name="run", overrides=list(overrides))
 
 
-def rec(set_: str, id_: str, correct: bool) -> dict:
-    return {"set": set_, "id": id_, "correct": correct, "correct_norm": correct}
+def rec(set_: str, id_: str, correct: bool) -> EvalRecord:
+    return eval_record(id_, set_, correct)
 
 
-def records(exam_right: set[int], test_right: set[int]) -> list[dict]:
+def records(exam_right: set[int], test_right: set[int]) -> list[EvalRecord]:
     return [rec("exam", f"e{i}", i in exam_right) for i in range(4)] + [
         rec("test", f"t{i}", i in test_right) for i in range(4)
     ]
@@ -66,8 +67,8 @@ def test_gains_split_into_schema_and_knowledge():
     assert efficiency(g, 0)["exam_gain_per_1k_cpt"] is None
 
 
-def fake_eval(folder: Path, recs: list[dict], seconds: float = 1.0) -> None:
-    write_jsonl(folder / "eval" / "records.jsonl", recs)
+def fake_eval(folder: Path, recs: list[EvalRecord], seconds: float = 1.0) -> None:
+    write_records(folder / "eval" / "records.jsonl", recs)
     write_json(RoundDir(folder).marker("eval"), {"seconds": seconds, "cpu_seconds": 2 * seconds})
 
 
@@ -98,34 +99,32 @@ def test_summary_of_a_synthetic_run(tmp_path, protocol):
                             "benchmark": {"name": "b"}, "seed": 0,
                             "loop": {"warmup": {"enabled": True}}})  # fmt: skip
     s = build_summary(tmp_path, cfg, "rounds")
-    r0, r1, warm = s["rounds"][0], s["rounds"][1], s["warmup"]
-    assert [r0["round"], r1["round"], warm["round"]] == [0, 1, 0]
-    assert (r0["eval_dir"], warm["eval_dir"], r1["eval_dir"]) == (
-        "round_0/eval",
-        "round_1/eval",
-        "round_2/eval",
-    )
-    assert r1["metrics"]["exam"] == {"acc": 1.0, "acc_norm": 1.0, "n": 4}
-    assert r1["gains"]["vs_warmup"] == {
-        "exam": 0.25,
-        "test": -0.25,
-        "schema": -0.25,
-        "knowledge": 0.5,
-    }
-    assert r1["gains"]["vs_round_0"] == {"exam": 0.5, "test": 0.0, "schema": 0.0, "knowledge": 0.5}
-    assert r1["forgetting"] == {"exam": 0.0, "test": 1.0}
-    assert r1["forgetting_vs_warmup"] == {"exam": 0.0, "test": 0.5}
-    assert r1["data_efficiency"] == {
-        "exam_gain_per_1k_cpt": 0.125,
-        "knowledge_gain_per_1k_cpt": 0.25,
-    }
-    counts = (r1["cpt_tokens"], r1["cit_tokens"], warm["cit_tokens"], r1["mistakes"])
-    assert counts == (2000, 1000, 500, 1)
-    assert r1["seconds"] == {"retrieve": 3.0, "build": 2.0, "train": 2.0, "eval": 1.0}
-    assert s["reference"] == "warmup" and s["gains"]["round"] == 1 and s["best_round"] == 1
-    assert s["stopped"] == {"reason": "rounds", "round": 1}
-    assert s["seconds"] == {"total": 14.0, "cpu_total": 6.0}  # CPU time of the evals only
-    assert {e["protocol"] for e in [r0, r1, warm]} == {protocol} == {s["protocol"]}
+    r0, r1, warm = s.rounds[0], s.rounds[1], s.warmup
+    assert [r0.round, r1.round, warm.round] == [0, 1, 0]
+    assert [e.key for e in s.timeline] == ["round_0", "warmup", "round_1"]
+    assert [e.tick for e in s.timeline] == ["0", "W", "1"]
+    assert (r0.eval_dir, warm.eval_dir, r1.eval_dir) == ("round_0/eval", "round_1/eval",
+                                                         "round_2/eval")  # fmt: skip
+    assert r1.metrics["exam"] == {"acc": 1.0, "acc_norm": 1.0, "n": 4}
+    assert r1.gains["vs_warmup"] == {"exam": 0.25, "test": -0.25, "schema": -0.25, "knowledge": 0.5}
+    assert r1.gains["vs_round_0"] == {"exam": 0.5, "test": 0.0, "schema": 0.0, "knowledge": 0.5}
+    assert r1.forgetting == {"exam": 0.0, "test": 1.0}
+    assert r1.forgetting_vs_warmup == {"exam": 0.0, "test": 0.5}
+    assert r1.data_efficiency == {"exam_gain_per_1k_cpt": 0.125, "knowledge_gain_per_1k_cpt": 0.25}
+    assert (r1.cpt_tokens, r1.cit_tokens, warm.cit_tokens, r1.mistakes) == (2000, 1000, 500, 1)
+    assert r1.seconds == {"retrieve": 3.0, "build": 2.0, "train": 2.0, "eval": 1.0}
+    assert s.reference == "warmup" and s.gains["round"] == 1 and s.best_round == 1
+    assert s.reference_entry is warm and s.final is r1
+    assert s.stopped == {"reason": "rounds", "round": 1}
+    assert s.seconds == {"total": 14.0, "cpu_total": 6.0}  # CPU time of the evals only
+    assert {e.protocol for e in [r0, r1, warm]} == {protocol} == {s.protocol}
+    # What summary.json holds: each kind of entry its own fields, and it reads back alike.
+    written = s.to_json()
+    assert RunSummary.from_json(written).to_json() == written
+    assert "trained_tokens" not in written["rounds"][0] and "gains" not in written["rounds"][0]
+    assert "mistakes" not in written["warmup"] and "data_efficiency" not in written["warmup"]
+    assert written["rounds"][1]["diagnostics"] is None  # no diagnostics.json: still written
+    assert "mistakes_by_reason" not in written["rounds"][1]  # no knowledge/stats.json
     report(s)
     assert plot_summary(s, tmp_path / "summary.png").stat().st_size > 1000
 
@@ -155,15 +154,13 @@ def test_without_warm_up_round_1_reuses_round_0_scores(tmp_path):
     info = evaluate_round(OmegaConf.create({}), tmp_path, 1, None, ["exam", "test"])
     assert info["result"] == {"copied_from": str(tmp_path / "round_0" / "eval")}
     copied = read_jsonl(tmp_path / "round_1" / "eval" / "records.jsonl")
-    assert copied == read_jsonl(tmp_path / "round_0" / "eval" / "records.jsonl")
+    assert copied == read_jsonl(tmp_path / "round_0" / "eval" / "records.jsonl") != []
 
 
 def test_stop_reasons():
     cfg = OmegaConf.create({"loop": {"rounds": 3, "patience": 1, "min_delta": 0.0},
                             "mistakes": {"margin_threshold": 0.0, "max_mistakes": None, "seed": 0}})  # fmt: skip
-    wrong = [EvalRecord(id="e", set="exam", subject="", question="q", choices=["a", "b"], gold=0,
-                        pred=1, pred_norm=1, scores=None, margin=None, correct=False,
-                        correct_norm=False)]  # fmt: skip
+    wrong = [eval_record("e", "exam", correct=False)]
     right = [dataclasses.replace(wrong[0], correct=True, pred=0)]
     assert stop_reason(cfg, 1, [0.5], wrong) is None
     assert stop_reason(cfg, 2, [0.5, 0.6], wrong) is None
@@ -258,12 +255,12 @@ def test_loop_writes_every_file(fast_run):
     assert not (root / "round_3" / "mistakes").exists()  # the last folder scores the final model
     for stage in ("retrieve", "build", "train", "eval"):
         assert read_marker(root / "round_2", stage)["seconds"] > 0
-    assert read_json(root / "summary.json") == summary
-    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
-    assert summary["stopped"] == {"reason": "rounds", "round": 2}
-    assert set(summary["rounds"][2]["metrics"]) == {"exam", "test", "transfer_reverse"}
-    assert summary["warmup"]["cit_tokens"] > 0 and summary["rounds"][1]["cpt_tokens"] > 0
-    trained = summary["rounds"][1]["trained_tokens"]  # what the round's steps reached
+    assert read_json(root / "summary.json") == summary.to_json()
+    assert [r.round for r in summary.rounds] == [0, 1, 2]
+    assert summary.stopped == {"reason": "rounds", "round": 2}
+    assert set(summary.rounds[2].metrics) == {"exam", "test", "transfer_reverse"}
+    assert summary.warmup.cit_tokens > 0 and summary.rounds[1].cpt_tokens > 0
+    trained = summary.rounds[1].trained_tokens  # what the round's steps reached
     assert (
         trained["cpt"] > 0
         and trained == read_json(root / "round_1/train/metrics.json")["target_tokens"]
@@ -292,15 +289,15 @@ def test_loop_diagnoses_each_round_and_gives_paired_intervals(fast_run):
         assert all(f["fixed"] == after[f["id"]] for f in d["per_mistake"])
         assert all(f["hit"] or not f["trained"] for f in d["per_mistake"])  # trained needs a hit
         assert d["control"]["set"] == "test" and d["control"]["n"] >= d["control"]["fixed"]
-        entry = summary["rounds"][k]
-        assert entry["diagnostics"]["fix_rates"] == d["fix_rates"]
-        iv = entry["intervals"]["vs_warmup"]
+        entry = summary.rounds[k]
+        assert entry.diagnostics["fix_rates"] == d["fix_rates"]
+        iv = entry.intervals["vs_warmup"]
         exam = iv["exam"]
-        assert exam["delta"] == pytest.approx(entry["gains"]["vs_warmup"]["exam"])
+        assert exam["delta"] == pytest.approx(entry.gains["vs_warmup"]["exam"])
         assert exam["ci"][0] <= exam["delta"] <= exam["ci"][1] and 0 <= exam["p"] <= 1
-        assert iv["knowledge"]["delta"] == pytest.approx(entry["gains"]["vs_warmup"]["knowledge"])
-        assert entry["general_nll"] > 0 and "general_nll" in iv
-    assert summary["gains"]["intervals"] == summary["rounds"][-1]["intervals"]
+        assert iv["knowledge"]["delta"] == pytest.approx(entry.gains["vs_warmup"]["knowledge"])
+        assert entry.general_nll > 0 and "general_nll" in iv
+    assert summary.gains["intervals"] == summary.rounds[-1].intervals
 
 
 @pytest.mark.e2e
@@ -384,12 +381,12 @@ def test_a_killed_run_resumes_to_the_same_results(fast_run, tmp_path):
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert "round_1/retrieve: done" in again.stderr and "resuming from" in again.stderr
-    summary = read_json(root / "summary.json")
-    for a, b in zip([summary["warmup"], *summary["rounds"]],
-                    [ref_summary["warmup"], *ref_summary["rounds"]], strict=True):  # fmt: skip
-        assert a["metrics"] == b["metrics"]  # exact: acc, acc_norm, n of every set
-        assert a["forgetting"] == b["forgetting"]
-    assert summary["gains"] == ref_summary["gains"]
+    summary = read_summary(root / "summary.json")
+    for a, b in zip([summary.warmup, *summary.rounds],
+                    [ref_summary.warmup, *ref_summary.rounds], strict=True):  # fmt: skip
+        assert a.metrics == b.metrics  # exact: acc, acc_norm, n of every set
+        assert a.forgetting == b.forgetting
+    assert summary.gains == ref_summary.gains
     # Bit-exact beyond accuracy: every option's log-likelihood under the final model.
     final = "round_3/eval/records.jsonl"
     assert [r["scores"] for r in read_jsonl(root / final)] == [
@@ -428,8 +425,8 @@ def test_a_finished_run_is_reused_by_an_identical_job(fast_run, tmp_path, monkey
     # Another folder and result-neutral differences (logging, kept models): the same run.
     again = run_loop(compose_run(f"run_dir={tmp_path / 'again'}", *FAST, "logger.group=other",
                                  "loop.keep_models=all", "loop.reuse_runs=true"))  # fmt: skip
-    assert [e["metrics"] for e in again["rounds"]] == [e["metrics"] for e in summary["rounds"]]
-    assert again["gains"] == summary["gains"]
+    assert [e.metrics for e in again.rounds] == [e.metrics for e in summary.rounds]
+    assert again.gains == summary.gains
     assert (tmp_path / "again" / "round_2" / "diagnostics.json").is_file()
     # A result-changing key is another run: its stages must run.
     with pytest.raises(AssertionError, match="ran again"):
@@ -447,8 +444,8 @@ def test_a_changed_file_reruns_its_stage_or_says_why_it_cannot(fast_run, tmp_pat
     records = root / "round_3/eval/records.jsonl"
     records.write_text(records.read_text().replace('"correct": true', '"correct": false', 1))
     again = run_loop(compose_run(f"run_dir={root}", *FAST))  # round 3 is scored again
-    assert [r["metrics"] for r in again["rounds"]] == [r["metrics"] for r in summary["rounds"]]
-    assert again["gains"] == summary["gains"]
+    assert [r.metrics for r in again.rounds] == [r.metrics for r in summary.rounds]
+    assert again.gains == summary.gains
     err = capsys.readouterr().err
     assert f"{records} does not match its sha256 in the done-marker" in err
     assert records.read_bytes() == (ref / "round_3/eval/records.jsonl").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _records import eval_record
 
 from cem.benchmarks.schema import MCItem
 from cem.evaluation.metrics import (
@@ -25,6 +26,8 @@ RECORD_FIELDS = {
     "margin",
     "correct",
     "correct_norm",
+    "formulation",  # set by cem.evaluation.evaluate, as "meta"
+    "meta",
 }
 
 
@@ -52,7 +55,7 @@ def test_wilson_interval_edges():
 
 def test_record_fields_and_margin():
     item = MCItem(id="q1", question="?", choices=["Thimphu", "Paro"], answer=1, subject="capital")
-    rec = make_record(item, [-2.0, -3.5], [" Thimphu", " Paro"])
+    rec = make_record(item, [-2.0, -3.5], [" Thimphu", " Paro"]).to_json()
     assert set(rec) == RECORD_FIELDS
     assert rec["id"] == "q1" and rec["set"] == "exam" and rec["subject"] == "capital"
     assert rec["gold"] == 1 and rec["pred"] == 0 and not rec["correct"]
@@ -62,14 +65,14 @@ def test_record_fields_and_margin():
 def test_pred_norm_divides_by_characters_without_the_delimiter():
     item = MCItem(id="q", question="?", choices=["Thimphu", "Paro"], answer=1)
     # Per character (lm-eval counts "Thimphu", not " Thimphu"): -4/7 = -0.57 beats -3/4.
-    rec = make_record(item, [-4.0, -3.0], [" Thimphu", " Paro"])
+    rec = make_record(item, [-4.0, -3.0], [" Thimphu", " Paro"]).to_json()
     assert rec["pred"] == 1 and rec["correct"]
     assert rec["pred_norm"] == 0 and not rec["correct_norm"]
 
 
 def test_ties_go_to_the_first_option():
     item = MCItem(id="q", question="?", choices=["a", "b", "c"], answer=1)
-    rec = make_record(item, [-1.0, -0.5, -0.5], [" a", " b", " c"])
+    rec = make_record(item, [-1.0, -0.5, -0.5], [" a", " b", " c"]).to_json()
     assert rec["pred"] == 1 and rec["margin"] == 0.0
 
 
@@ -81,18 +84,19 @@ def test_record_length_mismatch_is_an_error():
 
 def test_generate_record():
     item = MCItem(id="q", question="?", choices=["Thimphu", "Paro"], answer=1)
-    rec = make_generate_record(item, "The answer is B.")
+    rec = make_generate_record(item, "The answer is B.").to_json()
     assert set(rec) == RECORD_FIELDS | {"generation"}
     assert rec["pred"] == rec["pred_norm"] == 1 and rec["correct"]
     assert rec["scores"] is None and rec["margin"] is None
     assert rec["generation"] == "The answer is B."
-    rec = make_generate_record(item, "I do not know.")
+    rec = make_generate_record(item, "I do not know.").to_json()
     assert rec["pred"] is None and not rec["correct"]
 
 
 def test_summarise_per_set():
-    recs = [{"set": "exam", "correct": c, "correct_norm": not c} for c in (True, True, False, True)]
-    recs.append({"set": "test", "correct": False, "correct_norm": False})
+    recs = [eval_record(f"e{i}", "exam", c, correct_norm=not c)
+            for i, c in enumerate((True, True, False, True))]  # fmt: skip
+    recs.append(eval_record("t0", "test", False))
     m = summarise(recs)
     assert list(m) == ["exam", "test"]
     assert m["exam"]["acc"] == 0.75 and m["exam"]["acc_norm"] == 0.25 and m["exam"]["n"] == 4

@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from _records import entry, run_summary
 from _wandb_file import read_run, run_files
 from omegaconf import OmegaConf
 from test_loop import FAST, compose_run
 
 from cem.io import read_json, read_jsonl, write_json
 from cem.layout import RoundDir, read_marker
-from cem.loop.mirror import STEP, RunLogger, csv_steps, job_type, step_base
+from cem.loop.mirror import STEP, RunLogger, csv_steps, flat_entry, job_type, step_base
+from cem.records import RoundSummary, RunSummary
 
 
 def write_log(folder: Path, version: int, steps: range, loss: float) -> None:
@@ -62,11 +64,7 @@ def test_csv_steps_keep_each_step_once_and_the_resumed_values(tmp_path):
     assert csv_steps(tmp_path / "nothing") == []
 
 
-ROUND_0_ONLY = {
-    "rounds": [{"round": 0, "label": "before warm-up", "protocol": "heldout", "metrics": {},
-                "forgetting": {}, "cpt_tokens": 0, "cit_tokens": 0, "seconds": {}}],
-    "warmup": None,
-}  # fmt: skip
+ROUND_0_ONLY = RunSummary.from_json(run_summary([entry(0, {})]))
 
 
 def test_a_continued_run_sends_every_step_once_in_rising_order(tmp_path):
@@ -93,6 +91,15 @@ def test_a_continued_run_sends_every_step_once_in_rising_order(tmp_path):
     live = [row for row in mirror.run.rows if row.get(STEP) in (5, 6)]
     assert [row["train/epoch"] for row in live] == [0, 0]  # Lightning's "epoch", renamed
     assert mirror.run.rows[-1] == {"round": 0, "cpt_tokens": 0, "cit_tokens": 0}
+
+
+def test_each_entry_has_its_place_on_the_round_axis():
+    metrics = {"exam": {"acc": 0.5, "acc_norm": 0.5, "n": 4}}
+    warm = flat_entry(RoundSummary.from_json(entry(0, metrics, warmup=True)))
+    first = flat_entry(RoundSummary.from_json(entry(1, metrics)))
+    assert (warm["round"], first["round"]) == (0.5, 1)  # the warm-up between round 0 and 1
+    assert warm["acc/exam"] == first["acc/exam"] == 0.5
+    assert "mistakes" not in warm and first["mistakes"] == 0
 
 
 def hydra_job(root: Path, *overrides: str) -> Path:

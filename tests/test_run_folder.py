@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from _records import entry, run_summary
 
 from cem import layout
 from cem.errors import DataError
 from cem.layout import RoundDir, RunDir
-from cem.records import EvalRecord, Mistake, read_records
+from cem.records import EntryKind, EvalRecord, Mistake, RunSummary, read_records, read_summary
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "run_folder.md"
 SKIPPED = {"name", "index"}  # RoundDir's properties that are not paths
@@ -91,3 +92,67 @@ def test_a_mistake_keeps_the_order_of_its_file():
                                  "gold_text", "pred", "pred_text", "margin", "reason", "meta",
                                  "keywords", "queries", "extractor"]  # fmt: skip
     assert (m.gold_text, m.pred_text) == ("Thimphu", "Paro")
+
+
+# --- summary.json: RunSummary and its RoundSummary entries -------------------------------------
+
+METRICS = {"exam": {"acc": 0.5, "acc_norm": 0.5, "n": 4}}
+
+
+ROUND_KEYS = ["round", "label", "protocol", "eval_dir", "metrics", "general_nll", "cpt_tokens",
+              "cit_tokens", "replay_tokens", "trained_tokens", "rows_reached", "rows_total",
+              "epoch_losses", "mistakes", "passages", "mistakes_by_reason", "diagnostics",
+              "seconds", "cpu_seconds", "forgetting", "forgetting_vs_warmup", "gains",
+              "intervals", "data_efficiency"]  # fmt: skip
+
+
+def three_entries() -> tuple[dict, dict, dict]:
+    r0 = entry(0, METRICS)
+    warm = entry(0, METRICS, warmup=True, rows_reached=3, rows_total=4, epoch_losses=None,
+                 forgetting_vs_warmup={"exam": 0.0})  # fmt: skip
+    r1 = entry(1, METRICS, rows_reached=None, rows_total=None, epoch_losses=None,
+               mistakes_by_reason={"wrong": 2}, diagnostics=None, forgetting_vs_warmup={},
+               data_efficiency={"exam_gain_per_1k_cpt": None})  # fmt: skip
+    return r0, warm, r1
+
+
+def test_a_summary_round_trips_key_for_key_with_each_kind_its_fields():
+    r0, warm, r1 = three_entries()
+    s = run_summary([r0, r1], warm)
+    back = RunSummary.from_json(s)
+    assert back.to_json() == s  # as dicts, whatever their order; the keys' order is the
+    # one `cem run` has always written (the helper's dicts have another)
+    assert list(back.to_json()["rounds"][1]) == ROUND_KEYS
+    assert list(back.to_json()["rounds"][0]) == [k for k in ROUND_KEYS if k in r0]
+    assert [e.kind for e in back.timeline] == [EntryKind.ROUND_0, EntryKind.WARMUP,
+                                               EntryKind.ROUND]  # fmt: skip
+    assert back.reference_entry is back.warmup and back.final is back.rounds[1]
+    # None is written where the entry's kind has the field (a round without diagnostics yet)...
+    assert back.to_json()["rounds"][1]["diagnostics"] is None
+    # ...and a field its kind lacks is never written, even when set.
+    back.rounds[0].gains = {"vs_warmup": {}}
+    assert "gains" not in back.rounds[0].to_json()
+    assert RunSummary.from_json(run_summary([r0])).reference_entry.kind is EntryKind.ROUND_0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["rounds"][1].pop("mistakes"), r"missing field 'rounds\[1\].mistakes'"),
+        (lambda s: s["warmup"].pop("trained_tokens"), r"missing field 'warmup.trained_tokens'"),
+        (lambda s: s["rounds"][1].update(label="round 2"),
+         r"field 'rounds\[1\].label' must be 'before warm-up', 'after warm-up' or 'round <k>'"),
+        (lambda s: s["rounds"].pop(0), r"field 'rounds' must start with round 0's entry"),
+        (lambda s: s.update(reference="round_1"), r"field 'reference' must be 'round_0' or"),
+        (lambda s: s["rounds"][1].update(seconds={"eval": "1"}),
+         r"field 'rounds\[1\].seconds' must be dict\[str, float\]; got \{'eval': '1'\}"),
+    ],
+)  # fmt: skip
+def test_a_bad_summary_names_the_file_and_the_field(tmp_path, change, message):
+    r0, warm, r1 = three_entries()
+    s = run_summary([r0, r1], warm)
+    change(s)
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(s))
+    with pytest.raises(DataError, match=rf"summary.json: {message}"):
+        read_summary(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from _records import eval_record
 from hydra import compose, initialize_config_dir
 
 import cem.evaluation.evaluate as ev
@@ -22,7 +23,7 @@ class Item:
 
 
 def fake_score(chunk):
-    return [{"id": it.id, "score": int(it.id[1:]) ** 2} for it in chunk]
+    return [eval_record(it.id, margin=float(int(it.id[1:]) ** 2)) for it in chunk]
 
 
 def test_finished_chunks_are_resumed_and_a_torn_one_is_scored_again(tmp_path):
@@ -47,6 +48,11 @@ def test_finished_chunks_are_resumed_and_a_torn_one_is_scored_again(tmp_path):
     # Another fingerprint (another model or setting): nothing is taken from the file.
     assert PartialRecords(path, "other").load([it.id for it in items]) == []
     assert PartialRecords(path, "fp").load(["x"] * 10) == []  # other items
+    # A chunk whose lines are not records (written by another version): not resumed.
+    assert PartialRecords(path, "fp").load([it.id for it in items]) == records[:8]  # torn after
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], '{"id": "q0"}', *lines[1:]]) + "\n")
+    assert PartialRecords(path, "fp").load([it.id for it in items]) == []
 
 
 def compose_eval(tmp_path, *overrides: str):

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 from _fake_api import FakeAPI
+from _records import entry, eval_record, run_summary
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cem.cli import main
 from cem.config import conf_dir, register_configs
 from cem.errors import CemError
-from cem.io import write_json, write_jsonl
+from cem.io import write_json
 from cem.loop.report import find_runs, group, make_report, run_metrics
 from cem.loop.run import check_run
+from cem.records import EvalRecord, RunSummary, write_records
 
 TABLES = sorted(p.stem for p in (conf_dir() / "table").glob("*.yaml") if p.stem != "_base")
 PAPER_TABLES = ["data_efficiency", "instruction_ablation", "knowledge_source", "main",
@@ -187,20 +189,23 @@ def test_baselines_need_an_offline_corpus():
 def summary(exam: list[float], test: list[float], *, protocol="heldout", cpt=100) -> dict:
     """A summary.json with round 0 and a warm-up at the first two values, then rounds."""
 
-    def entry(k: int, e: float, t: float, cpt_tokens: int) -> dict:
-        return {"round": k, "metrics": {"exam": {"acc": e, "acc_norm": e, "n": 10},
-                                        "test": {"acc": t, "acc_norm": t, "n": 10}},
-                "forgetting": {"exam": 0.1, "test": 0.0}, "cpt_tokens": cpt_tokens,
-                "cit_tokens": 50, "trained_tokens": {"cpt": cpt_tokens // 2, "normative": 5}}  # fmt: skip
+    def one(k: int, e: float, t: float, cpt_tokens: int, warmup: bool = False) -> dict:
+        metrics = {"exam": {"acc": e, "acc_norm": e, "n": 10},
+                   "test": {"acc": t, "acc_norm": t, "n": 10}}  # fmt: skip
+        trained = (
+            {"trained_tokens": {"cpt": cpt_tokens // 2, "normative": 5}} if k or warmup else {}
+        )
+        return entry(k, metrics, warmup=warmup, cpt=cpt_tokens, cit=50, protocol=protocol,
+                     forgetting={"exam": 0.1, "test": 0.0}, **trained)  # fmt: skip
 
-    rounds = [entry(0, exam[0], test[0], 0)] + [
-        entry(k, e, t, cpt) for k, (e, t) in enumerate(zip(exam[2:], test[2:], strict=True), 1)
+    rounds = [one(0, exam[0], test[0], 0)] + [
+        one(k, e, t, cpt) for k, (e, t) in enumerate(zip(exam[2:], test[2:], strict=True), 1)
     ]
     final_gain = {"exam": exam[-1] - exam[1], "test": test[-1] - test[1],
                   "schema": test[-1] - test[1], "knowledge": (exam[-1] - exam[1]) - (test[-1] - test[1])}  # fmt: skip
-    return {"protocol": protocol, "reference": "warmup", "rounds": rounds,
-            "warmup": entry(0, exam[1], test[1], 0), "gains": {"vs_warmup": final_gain},
-            "seconds": {"total": 60.0}, "stopped": {"reason": "rounds", "round": len(rounds) - 1}}  # fmt: skip
+    return run_summary(rounds, one(0, exam[1], test[1], 0, warmup=True), protocol=protocol,
+                       gains={"vs_warmup": final_gain}, seconds={"total": 60.0, "cpu_total": 0.0},
+                       stopped={"reason": "rounds", "round": len(rounds) - 1})  # fmt: skip
 
 
 def fake_sweep(root: Path, runs: dict[str, dict]) -> None:
@@ -247,13 +252,13 @@ def item_run(root: Path, name: str, seed: int, ref: list[bool], final: list[bool
     half exam items and the second half test items (ids by position: the seed's split)."""
     half = len(ref) // 2
 
-    def records(right: list[bool]) -> list[dict]:
-        return [{"set": "exam" if i < half else "test", "id": f"q{i}", "correct": c}
+    def records(right: list[bool]) -> list[EvalRecord]:
+        return [eval_record(f"q{i}", "exam" if i < half else "test", c)
                 for i, c in enumerate(right)]  # fmt: skip
 
     folder = root / name
-    write_jsonl(folder / "round_1" / "eval" / "records.jsonl", records(ref))
-    write_jsonl(folder / "round_2" / "eval" / "records.jsonl", records(final))
+    write_records(folder / "round_1" / "eval" / "records.jsonl", records(ref))
+    write_records(folder / "round_2" / "eval" / "records.jsonl", records(final))
     acc = lambda r, lo, hi: sum(r[lo:hi]) / (hi - lo)  # noqa: E731
     s = summary(
         [acc(ref, 0, half), acc(ref, 0, half), acc(final, 0, half)],
@@ -323,12 +328,29 @@ def test_report_keeps_retest_apart_and_errors_clearly(tmp_path):
     with pytest.raises(CemError, match="is not a folder"):
         find_runs(tmp_path / "missing")
     (tmp_path / "s" / "seed=0" / "summary.json").write_text("{broken")
-    with pytest.raises(CemError, match=r"seed=0/summary.json is not valid JSON"):
+    with pytest.raises(CemError, match=r"seed=0/summary.json: not valid JSON"):
         find_runs(tmp_path / "s")
 
 
+def test_report_refuses_a_summary_with_a_field_missing_and_names_it(tmp_path):
+    """A summary written before ``trained_tokens`` was recorded (the report recomputed it from
+    the run's files once): refused, with the file and the field named."""
+    old = summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])
+    del old["rounds"][1]["trained_tokens"]
+    fake_sweep(tmp_path, {"seed=0": old})
+    with pytest.raises(CemError, match=r"seed=0/summary.json: missing field "
+                                       r"'rounds\[1\].trained_tokens'.*re-run its job"):  # fmt: skip
+        find_runs(tmp_path)
+    bad = summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])
+    bad["warmup"]["metrics"]["exam"]["acc"] = "0.6"
+    fake_sweep(tmp_path / "b", {"seed=0": bad})
+    with pytest.raises(CemError, match=r"field 'warmup.metrics' must be dict\[str, dict\[str, "
+                                       r"float\]\]; got .*'0.6'"):  # fmt: skip
+        find_runs(tmp_path / "b")
+
+
 def test_run_metrics_of_a_synthetic_summary():
-    m = run_metrics(summary([0.5, 0.6, 0.7, 0.9], [0.5, 0.6, 0.6, 0.7]))
+    m = run_metrics(RunSummary.from_json(summary([0.5, 0.6, 0.7, 0.9], [0.5, 0.6, 0.6, 0.7])))
     assert m["acc/exam"] == 0.9 and m["gain/schema"] == pytest.approx(0.1)
     assert m["gain/knowledge"] == pytest.approx(0.2) and m["cpt_tokens"] == 200
     assert m["cpt_tokens_trained"] == 100 and m["cit_response_tokens_trained"] == 10
@@ -389,7 +411,7 @@ def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeyp
     runs = find_runs(sweep)
     assert len(runs) == n_jobs
     for r in runs:
-        assert r.summary["stopped"]["reason"] in ("rounds", "no_mistakes", "no_knowledge")
+        assert r.summary.stopped["reason"] in ("rounds", "no_mistakes", "no_knowledge")
         assert (r.path / "round_0" / "eval" / "records.jsonl").is_file()
     if table == "knowledge_source":  # the key is in no file: configs, logs, stats, results
         assert not [
@@ -419,7 +441,7 @@ def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stages, "build_task", no_text)
     summary = run_loop(compose_run(f"run_dir={tmp_path}", *TINY, "eval.progress=false"))
-    assert summary["stopped"] == {"reason": "no_knowledge", "round": 0}
+    assert summary.stopped == {"reason": "no_knowledge", "round": 0}
     assert (tmp_path / "round_1" / "done" / "retrieve.json").is_file()
     assert not (tmp_path / "round_1" / "done" / "build.json").exists()
     assert (tmp_path / "summary.json").is_file()

@@ -27,7 +27,7 @@ from cem.io import iter_jsonl
 from cem.knowledge.leak import guard_pairs
 from cem.knowledge.types import Passage
 from cem.layout import RoundDir, write_stage_config
-from cem.records import Mistake, read_records
+from cem.records import EvalRecord, Mistake, read_records
 from cem.validate import (
     ConfigInvalid,
     at_least,
@@ -242,12 +242,11 @@ def kind_stats(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
 def correct_item_rows(run_dir: Path, sets: dict, cfg: DictConfig) -> list[Row]:
     """``replay.correct_items`` pool items the model already answers right, in the task format."""
     from cem.curriculum.normative import normative_rows
-    from cem.io import read_jsonl
 
     path = RoundDir(run_dir).records
     if cfg.replay.correct_items == 0 or not path.is_file():
         return []
-    right = {r["id"] for r in read_jsonl(path) if r.get("set") == "pool" and r.get("correct")}
+    right = {r.id for r in read_records(path, EvalRecord) if r.set == "pool" and r.correct}
     items = [it for it in sets.get("pool", []) if it.id in right]
     items = random.Random(cfg.replay.seed).sample(items, min(cfg.replay.correct_items, len(items)))
     formulations = list(cfg.instructions.normative.formulations)

@@ -8,6 +8,7 @@ from cem.benchmarks.prompts import mcf_prompt, render
 from cem.benchmarks.schema import MCItem
 from cem.errors import ConfigError
 from cem.evaluation.parallel import ALONE, Ranks
+from cem.records import EvalRecord
 
 GENERATE_SUFFIX = "\nAnswer with the letter of the correct option."
 
@@ -64,7 +65,7 @@ def score_loglik(
     bcfg: DictConfig,
     max_length: int,
     group: Ranks = ALONE,
-) -> list[dict]:
+) -> list[EvalRecord]:
     """One record per item; in a data-parallel evaluation, rank 0's are every item's and
     the other ranks' are none."""
     from cem.evaluation.metrics import make_record
@@ -92,7 +93,7 @@ def score_loglik(
 def score_generate(
     model, tokenizer, items: list[MCItem], ecfg: DictConfig, bcfg: DictConfig,
     group: Ranks = ALONE,
-) -> list[dict]:  # fmt: skip
+) -> list[EvalRecord]:  # fmt: skip
     """As ``score_loglik``, from a greedy answer per item (``eval.mode=generate``)."""
     from cem.evaluation.generate import generate_texts
     from cem.evaluation.metrics import make_generate_record
@@ -120,7 +121,7 @@ def evaluate(
     max_length: int,
     partial=None,
     group: Ranks = ALONE,
-) -> list[dict]:
+) -> list[EvalRecord]:
     """Records for every item of every set, each tagged with its formulation and mode.
 
     Items are scored ``eval.chunk_size`` at a time (``cem.evaluation.stream``); with
@@ -133,7 +134,7 @@ def evaluate(
     items = [it for name in sets for it in sets[name]]
     label = "generate" if ecfg.mode == "generate" else formulation_of(ecfg, bcfg)
 
-    def score(chunk: list[MCItem]) -> list[dict]:
+    def score(chunk: list[MCItem]) -> list[EvalRecord]:
         if ecfg.mode == "generate":
             records = score_generate(model, tokenizer, chunk, ecfg, bcfg, group)
         else:
@@ -141,8 +142,8 @@ def evaluate(
         if not group.leader:
             return records
         for rec, item in zip(records, chunk, strict=True):
-            rec["formulation"] = label
-            rec["meta"] = item.meta
+            rec.formulation = label
+            rec.meta = item.meta
         return records
 
     return score_in_chunks(items, ecfg.chunk_size, partial, score, group)

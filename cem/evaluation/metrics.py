@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from cem.benchmarks.schema import MCItem
+from cem.records import EvalRecord
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -35,7 +37,7 @@ def argmax(values: list[float]) -> int:
     return best
 
 
-def make_record(item: MCItem, logliks: list[float], continuations: list[str]) -> dict[str, Any]:
+def make_record(item: MCItem, logliks: list[float], continuations: list[str]) -> EvalRecord:
     """One log-likelihood record: the item, the scores and both predictions.
 
     ``pred_norm`` divides each log-likelihood by the option's length in characters, as
@@ -60,14 +62,13 @@ def make_record(item: MCItem, logliks: list[float], continuations: list[str]) ->
     )
 
 
-def make_generate_record(item: MCItem, generation: str) -> dict[str, Any]:
+def make_generate_record(item: MCItem, generation: str) -> EvalRecord:
     """One generation-mode record: the choice read from ``generation`` (None if none)."""
     from cem.evaluation.generate import extract_choice
 
     pred = extract_choice(generation, item.choices)
-    record = _record(item, pred=pred, pred_norm=pred, scores=None, margin=None)
-    record["generation"] = generation
-    return record
+    return _record(item, pred=pred, pred_norm=pred, scores=None, margin=None,
+                   generation=generation)  # fmt: skip
 
 
 def _record(
@@ -77,24 +78,27 @@ def _record(
     pred_norm: int | None,
     scores: list[float] | None,
     margin: float | None,
-) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "set": item.set,
-        "subject": item.subject,
-        "question": item.question,
-        "choices": list(item.choices),
-        "gold": item.answer,
-        "pred": pred,
-        "pred_norm": pred_norm,
-        "scores": scores,
-        "margin": margin,
-        "correct": pred == item.answer,
-        "correct_norm": pred_norm == item.answer,
-    }
+    generation: str | None = None,
+) -> EvalRecord:
+    """The record of ``item``; ``formulation`` and ``meta`` are set by ``evaluate``."""
+    return EvalRecord(
+        id=item.id,
+        set=item.set,
+        subject=item.subject,
+        question=item.question,
+        choices=list(item.choices),
+        gold=item.answer,
+        pred=pred,
+        pred_norm=pred_norm,
+        scores=scores,
+        margin=margin,
+        correct=pred == item.answer,
+        correct_norm=pred_norm == item.answer,
+        generation=generation,
+    )
 
 
-def summarise(records: list[dict[str, Any]], z: float = 1.96) -> dict[str, dict[str, Any]]:
+def summarise(records: Iterable[EvalRecord], z: float = 1.96) -> dict[str, dict[str, Any]]:
     """Accuracy per set, in the order the sets first appear.
 
     Returns:
@@ -102,10 +106,10 @@ def summarise(records: list[dict[str, Any]], z: float = 1.96) -> dict[str, dict[
     """
     counts: dict[str, list[int]] = {}
     for rec in records:
-        c = counts.setdefault(rec["set"], [0, 0, 0])
+        c = counts.setdefault(rec.set, [0, 0, 0])
         c[0] += 1
-        c[1] += bool(rec["correct"])
-        c[2] += bool(rec["correct_norm"])
+        c[1] += rec.correct
+        c[2] += rec.correct_norm
     out = {}
     for name, (n, k, k_norm) in counts.items():
         out[name] = {

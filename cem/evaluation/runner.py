@@ -14,8 +14,9 @@ from cem.benchmarks.registry import load_benchmark, select_sets
 from cem.config import resolve_run_dir
 from cem.errors import CemError
 from cem.evaluation.parallel import Ranks, launch, launched, ranks
-from cem.io import remove_stale, write_json, write_jsonl
+from cem.io import remove_stale, write_json
 from cem.layout import RoundDir, write_stage_config
+from cem.records import write_records
 from cem.ui import console, metrics_table
 from cem.validate import EVAL_CHECKS, validate
 
@@ -95,7 +96,7 @@ def _evaluate_and_write(cfg: DictConfig, folder: RoundDir, group: Ranks) -> dict
         console.print(f"general probe: {probe['general_nll']:.4f} NLL per token "
                       f"({probe['tokens']} tokens of {probe['passages']} passages)")  # fmt: skip
     t3 = time.perf_counter()
-    write_jsonl(folder.records, records)
+    write_records(folder.records, records)
     if partial is not None:
         partial.remove()
     write_json(folder.eval_metrics, metrics)

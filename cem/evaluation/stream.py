@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from cem import signals
 from cem.evaluation.parallel import ALONE, Ranks
 from cem.io import ensure_dir, sha256_file, storage_errors
+from cem.records import EvalRecord, FieldError
 from cem.ui import console
 
 WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
@@ -80,11 +81,12 @@ class PartialRecords:
     def __init__(self, path: Path, fp: str):
         self.path, self.fp = path, fp
 
-    def load(self, ids: list[str]) -> list[dict]:
+    def load(self, ids: list[str]) -> list[EvalRecord]:
         """The records of the finished chunks, when they are this evaluation's; else none."""
         if not self.path.is_file():
             return []
-        kept, pending = [], []
+        kept: list[EvalRecord] = []
+        pending: list[EvalRecord] = []
         with open(self.path, encoding="utf-8", errors="replace") as fh:
             ok = _json(fh.readline()).get("fingerprint") == self.fp
             for line in fh if ok else ():
@@ -93,16 +95,20 @@ class PartialRecords:
                     break
                 if "chunk_end" in row:
                     kept, pending = kept + pending, []
-                else:
-                    pending.append(row)
-        ok = ok and [r.get("id") for r in kept] == ids[: len(kept)]
+                    continue
+                try:
+                    pending.append(EvalRecord.from_json(row))
+                except FieldError:  # not a record (another version wrote it): not resumed
+                    ok = False
+                    break
+        ok = ok and [r.id for r in kept] == ids[: len(kept)]
         if not ok:
             console.print(f"[dim]{self.path.name} belongs to another evaluation: not resumed[/]")
             return []
         console.print(f"resuming the evaluation: {len(kept)} of {len(ids)} questions scored")
         return kept
 
-    def append(self, records: list[dict], first: bool) -> None:
+    def append(self, records: list[EvalRecord], first: bool) -> None:
         """Add one finished chunk (the fingerprint line first when ``first``)."""
         mode = "w" if first else "a"
         ensure_dir(self.path.parent)
@@ -114,7 +120,7 @@ class PartialRecords:
             if first:
                 fh.write(json.dumps({"fingerprint": self.fp}) + "\n")
             for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
             fh.write(json.dumps({"chunk_end": len(records)}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -127,9 +133,9 @@ def score_in_chunks(
     items: list,
     size: int,
     partial: PartialRecords | None,
-    score: Callable[[list], list[dict]],
+    score: Callable[[list], list[EvalRecord]],
     group: Ranks = ALONE,
-) -> list[dict]:
+) -> list[EvalRecord]:
     """``score(chunk)`` over ``items`` chunk by chunk, resuming from ``partial``'s records.
 
     In a data-parallel evaluation only rank 0 holds ``partial``; every rank skips the

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from cem.records import Record
+
 
 @dataclass
-class Passage:
-    """A piece of retrieved text with its provenance.
+class Passage(Record):
+    """A piece of retrieved text with its provenance (a line of ``knowledge/knowledge.jsonl``).
 
     Attributes:
         text: the passage.

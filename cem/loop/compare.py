@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from cem.errors import CemError
-from cem.io import read_json, read_jsonl
-from cem.layout import RoundDir, RunDir
+from cem.io import read_json
+from cem.layout import RoundDir
+from cem.records import EvalRecord, RunSummary, read_records
 
 EXAM, TEST = "exam", "test"
 
@@ -36,8 +37,8 @@ class RunItems:
 
 def _correct(folder: RoundDir) -> dict[str, dict[str, bool]]:
     out: dict[str, dict[str, bool]] = {}
-    for r in read_jsonl(folder.records):
-        out.setdefault(r["set"], {})[r["id"]] = bool(r["correct"])
+    for r in read_records(folder.records, EvalRecord):
+        out.setdefault(r.set, {})[r.id] = r.correct
     return out
 
 
@@ -48,19 +49,16 @@ def _probe(folder: RoundDir) -> list[float] | None:
     return [p["nll_sum"] / p["tokens"] for p in read_json(path)["per_passage"] if p["tokens"]]
 
 
-def load_items(path: Path, summary: dict) -> RunItems:
+def load_items(path: Path, summary: RunSummary) -> RunItems:
     """The run's reference and final evaluations (folders named in its summary)."""
-    ref_entry = summary["warmup"] if summary["reference"] == "warmup" else summary["rounds"][0]
-    final_entry = summary["rounds"][-1]
-    if "eval_dir" not in ref_entry or "eval_dir" not in final_entry:
-        raise CemError(f"{RunDir(path).summary} names no eval folders; re-run its job")
     # eval_dir: the round folder's eval/, relative to the run
-    ref_dir, final_dir = (RoundDir((path / e["eval_dir"]).parent) for e in (ref_entry, final_entry))
+    ref_dir, final_dir = (RoundDir((path / e.eval_dir).parent)
+                          for e in (summary.reference_entry, summary.final))  # fmt: skip
     for d in (ref_dir, final_dir):
         if not d.records.is_file():
             raise CemError(f"{d.records} not found: the run {path} is incomplete")
     probes = (_probe(ref_dir), _probe(final_dir))
-    return RunItems(path, int(summary["seed"]), _correct(ref_dir), _correct(final_dir),
+    return RunItems(path, summary.seed, _correct(ref_dir), _correct(final_dir),
                     probes if all(p is not None for p in probes) else None)  # fmt: skip
 
 

@@ -19,13 +19,34 @@ of the round that are right after it (the flip rate that needs no knowledge of t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from cem.io import read_json, read_jsonl, write_json
+from cem.io import read_json, write_json
 from cem.knowledge.keypoints import holds_answer
+from cem.knowledge.types import Passage
 from cem.layout import RoundDir, RunDir
+from cem.records import EvalRecord, Mistake, Record, read_records
 
 GROUPS = ("hit_trained", "hit_not_trained", "no_hit")
+
+
+@dataclass
+class MistakeFlag(Record):
+    """One mistake's line of ``diagnostics.json``'s ``per_mistake``.
+
+    Attributes:
+        id, reason: the mistake's (``cem.records.Mistake``).
+        relation: its subject.
+        hit, trained, fixed: as the module's docstring defines them.
+    """
+
+    id: str
+    reason: str
+    relation: str
+    hit: bool
+    trained: bool
+    fixed: bool
 
 
 def _inputs(folder: RoundDir, scored: RoundDir) -> dict[str, Path]:
@@ -40,14 +61,15 @@ def _inputs(folder: RoundDir, scored: RoundDir) -> dict[str, Path]:
 
 
 def mistake_flags(
-    mistakes: list[dict], passages: list[dict], rows: list[dict], reached: set[int],
+    mistakes: list[Mistake], passages: list[Passage], rows: list[dict], reached: set[int],
     after: dict[tuple[str, str], bool],
-) -> list[dict]:  # fmt: skip
-    """One ``{id, reason, relation, hit, trained, fixed}`` per mistake, in order."""
+) -> list[MistakeFlag]:  # fmt: skip
+    """One flag per mistake, in order; ``rows``: the training set's ``prompt``,
+    ``response``, ``kind`` and ``source_ids``."""
     by_mistake: dict[str, list[str]] = {}
     for p in passages:
-        for mid in p.get("mistake_ids") or []:
-            by_mistake.setdefault(mid, []).append(p["text"])
+        for mid in p.mistake_ids:
+            by_mistake.setdefault(mid, []).append(p.text)
     trained_text: dict[str, list[str]] = {}
     for i, row in enumerate(rows):
         if i in reached and row["kind"] != "replay":
@@ -55,34 +77,32 @@ def mistake_flags(
                 trained_text.setdefault(sid, []).append(row["prompt"] + row["response"])
     out = []
     for m in mistakes:
-        gold = m["gold_text"]
-        hit = any(holds_answer(t, gold) for t in by_mistake.get(m["id"], []))
-        out.append({
-            "id": m["id"],
-            "reason": m["reason"],
-            "relation": m.get("subject", ""),
-            "hit": hit,
-            "trained": hit and any(holds_answer(t, gold) for t in trained_text.get(m["id"], [])),
-            "fixed": after.get((m["set"], m["id"]), False),
-        })  # fmt: skip
+        gold = m.gold_text
+        hit = any(holds_answer(t, gold) for t in by_mistake.get(m.id, []))
+        out.append(MistakeFlag(
+            id=m.id, reason=m.reason, relation=m.subject, hit=hit,
+            trained=hit and any(holds_answer(t, gold) for t in trained_text.get(m.id, [])),
+            fixed=after.get((m.set, m.id), False),
+        ))  # fmt: skip
     return out
 
 
-def rates(flags: Iterable[dict]) -> dict[str, dict]:
+def rates(flags: Iterable[MistakeFlag]) -> dict[str, dict]:
     """``{group: {"n", "fixed", "rate"}}`` over ``GROUPS``."""
     out = {g: {"n": 0, "fixed": 0, "rate": None} for g in GROUPS}
     for f in flags:
-        g = "no_hit" if not f["hit"] else "hit_trained" if f["trained"] else "hit_not_trained"
+        g = "no_hit" if not f.hit else "hit_trained" if f.trained else "hit_not_trained"
         out[g]["n"] += 1
-        out[g]["fixed"] += bool(f["fixed"])
+        out[g]["fixed"] += f.fixed
     for g in out.values():
         g["rate"] = g["fixed"] / g["n"] if g["n"] else None
     return out
 
 
-def flip_control(before: list[dict], after: dict[tuple[str, str], bool], name: str = "test"):
+def flip_control(before: list[EvalRecord], after: dict[tuple[str, str], bool],
+                 name: str = "test") -> dict:  # fmt: skip
     """Share of ``name``'s items wrong before the round that are right after it."""
-    wrong = [(r["set"], r["id"]) for r in before if r["set"] == name and not r["correct"]]
+    wrong = [(r.set, r.id) for r in before if r.set == name and not r.correct]
     flipped = sum(after.get(key, False) for key in wrong)
     return {"set": name, "n": len(wrong), "fixed": flipped,
             "rate": flipped / len(wrong) if wrong else None}  # fmt: skip
@@ -95,22 +115,28 @@ def build(root: Path, k: int) -> dict | None:
     paths = _inputs(RunDir(root).round(k), RunDir(root).round(k + 1))
     if not all(p.is_file() for p in paths.values()):
         return None
-    after = {(r["set"], r["id"]): bool(r["correct"]) for r in read_jsonl(paths["after"])}
+    after = {(r.set, r.id): r.correct for r in read_records(paths["after"], EvalRecord)}
     rows = pq.read_table(paths["train_set"], columns=["prompt", "response", "kind", "source_ids"])
     flags = mistake_flags(
-        read_jsonl(paths["mistakes"]), read_jsonl(paths["knowledge"]), rows.to_pylist(),
-        set(read_json(paths["train"]).get("reached_rows", [])), after,
+        read_records(paths["mistakes"], Mistake), read_records(paths["knowledge"], Passage),
+        rows.to_pylist(), set(read_json(paths["train"]).get("reached_rows", [])), after,
     )  # fmt: skip
-    reasons = sorted({f["reason"] for f in flags})
+    reasons = sorted({f.reason for f in flags})
     return {
         "round": k,
         "mistakes": len(flags),
-        "by_reason": {r: sum(f["reason"] == r for f in flags) for r in reasons},
+        "by_reason": {r: sum(f.reason == r for f in flags) for r in reasons},
         "fix_rates": rates(flags),
-        "fix_rates_by_reason": {r: rates(f for f in flags if f["reason"] == r) for r in reasons},
-        "control": flip_control(read_jsonl(paths["before"]), after),
-        "per_mistake": flags,
+        "fix_rates_by_reason": {r: rates(f for f in flags if f.reason == r) for r in reasons},
+        "control": flip_control(read_records(paths["before"], EvalRecord), after),
+        "per_mistake": [f.to_json() for f in flags],
     }
+
+
+def flags_by_id(d: dict | None) -> dict[str, MistakeFlag]:
+    """The ``per_mistake`` flags of a round's diagnostics (``load``) by mistake id."""
+    flags = (MistakeFlag.from_json(f) for f in (d or {}).get("per_mistake", []))
+    return {f.id: f for f in flags}
 
 
 def write(root: Path, k: int) -> dict | None:

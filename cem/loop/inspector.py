@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cem.errors import CemError
-from cem.io import atomic_open, read_json, read_jsonl
+from cem.io import atomic_open, read_json
+from cem.knowledge.types import Passage
 from cem.layout import INSPECT_PAGE, SUMMARY, RoundDir, RunDir
+from cem.loop import diagnostics
+from cem.loop.diagnostics import MistakeFlag
+from cem.records import EvalRecord, Mistake, RunSummary, read_records, read_summary
 
 TEMPLATE = "inspect.html.j2"
 
@@ -115,19 +119,19 @@ def evidence(label: str, text: str, gold: str, reached: bool | None = None) -> E
     return Evidence(label, segments, any(m for _, m in segments), reached)
 
 
-def answer_text(record: dict) -> str:
+def answer_text(record: EvalRecord) -> str:
     """The option a record's model chose (generation mode may have found none)."""
-    pred = record.get("pred")
-    return record["choices"][pred] if pred is not None else "(no answer found)"
+    pred = record.pred
+    return record.choices[pred] if pred is not None else "(no answer found)"
 
 
-def exam_records(root: Path) -> dict[int, dict[str, dict]]:
+def exam_records(root: Path) -> dict[int, dict[str, EvalRecord]]:
     """``{j: {item id: record}}`` of the exam set, for every ``round_j/eval``."""
     out = {}
     for folder in RunDir(root).rounds():
         path = folder.records
         if path.is_file():
-            out[folder.index] = {r["id"]: r for r in read_jsonl(path) if r["set"] == "exam"}
+            out[folder.index] = {r.id: r for r in read_records(path, EvalRecord) if r.set == "exam"}
     return out
 
 
@@ -150,52 +154,48 @@ def train_rows(folder: RoundDir) -> dict[str, list[tuple[dict, bool]]]:
     return out
 
 
-def round_rows(root: Path, k: int, evals: dict[int, dict[str, dict]]) -> list[MistakeRow]:
+def round_rows(root: Path, k: int, evals: dict[int, dict[str, EvalRecord]]) -> list[MistakeRow]:
     """One ``MistakeRow`` per exam mistake of round ``k``, in the mistakes file's order."""
-    from cem.loop import diagnostics
-
     folder = RunDir(root).round(k)
     knowledge = folder.knowledge
-    passages: dict[str, list[dict]] = {}
-    for p in read_jsonl(knowledge) if knowledge.is_file() else []:
-        for mid in p.get("mistake_ids") or []:
+    passages: dict[str, list[Passage]] = {}
+    for p in read_records(knowledge, Passage) if knowledge.is_file() else []:
+        for mid in p.mistake_ids:
             passages.setdefault(mid, []).append(p)
     items = train_rows(folder)
-    d = diagnostics.load(root, k)
-    flags = {f["id"]: f for f in d["per_mistake"]} if d else {}
+    flags = diagnostics.flags_by_id(diagnostics.load(root, k))
     later = [(j, recs) for j, recs in sorted(evals.items()) if j > k]
     rows = []
-    for m in read_jsonl(folder.mistakes):
-        if m["set"] == "exam":
-            found = passages.get(m["id"], [])
-            rows.append(mistake_row(k, m, found, items.get(m["id"], []), flags.get(m["id"]), later))
+    for m in read_records(folder.mistakes, Mistake):
+        if m.set == "exam":
+            found = passages.get(m.id, [])
+            rows.append(mistake_row(k, m, found, items.get(m.id, []), flags.get(m.id), later))
     return rows
 
 
-def mistake_row(k: int, m: dict, passages: list[dict], items: list[tuple[dict, bool]],
-                flag: dict | None, later: list[tuple[int, dict]]) -> MistakeRow:  # fmt: skip
+def mistake_row(k: int, m: Mistake, passages: list[Passage], items: list[tuple[dict, bool]],
+                flag: MistakeFlag | None,
+                later: list[tuple[int, dict[str, EvalRecord]]]) -> MistakeRow:  # fmt: skip
     """A mistake with its evidence; ``flag`` is its diagnostics entry (None while the
     round's model is not scored: then it is pending and its hit is read off the passages)."""
-    gold = m["gold_text"]
-    kept = [evidence(f"{p['source']} · {p.get('title') or p['doc_id']}", p["text"], gold)
-            for p in passages]  # fmt: skip
+    gold = m.gold_text
+    kept = [evidence(f"{p.source} · {p.title or p.doc_id}", p.text, gold) for p in passages]
     made = [evidence(row["kind"], row["prompt"] + row["response"], gold, reached)
             for row, reached in items]  # fmt: skip
-    answers = [Later(f"round {j - 1}", answer_text(recs[m["id"]]), bool(recs[m["id"]]["correct"]))
-               for j, recs in later if m["id"] in recs]  # fmt: skip
+    answers = [Later(f"round {j - 1}", answer_text(recs[m.id]), recs[m.id].correct)
+               for j, recs in later if m.id in recs]  # fmt: skip
     return MistakeRow(
-        round=k, id=m["id"], relation=m.get("subject") or "", question=m["question"], gold=gold,
-        answer=m.get("pred_text") or "(no answer found)", reason=m["reason"],
-        margin=m.get("margin"), keywords=list(m.get("keywords") or []),
-        queries=list(m.get("queries") or []),
-        status="pending" if flag is None else "fixed" if flag["fixed"] else "unfixed",
-        hit=flag["hit"] if flag else any(p.holds_answer for p in kept),
-        trained=flag["trained"] if flag else None,
+        round=k, id=m.id, relation=m.subject, question=m.question, gold=gold,
+        answer=m.pred_text or "(no answer found)", reason=m.reason, margin=m.margin,
+        keywords=list(m.keywords), queries=list(m.queries),
+        status="pending" if flag is None else "fixed" if flag.fixed else "unfixed",
+        hit=flag.hit if flag else any(p.holds_answer for p in kept),
+        trained=flag.trained if flag else None,
         passages=kept, items=made, later=answers,
     )  # fmt: skip
 
 
-def summary_svg(summary: dict) -> str:
+def summary_svg(summary: RunSummary) -> str:
     """``summary.png``'s figure as an ``<svg>`` element to inline (no font or image fetched:
     text is drawn as paths), without matplotlib's metadata block."""
     from cem.loop.plots import summary_figure
@@ -214,7 +214,7 @@ def render(root: Path) -> str:
     """The page of the run in ``root`` (checked with ``check_run_dir``)."""
     import jinja2
 
-    summary = read_json(RunDir(root).summary)
+    summary = read_summary(RunDir(root).summary)
     evals = exam_records(root)
     rows = [row for f in RunDir(root).rounds()
             if f.index != 0 and f.mistakes.is_file()

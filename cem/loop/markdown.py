@@ -156,8 +156,8 @@ def diagnostics_table(variants: list[Variant]) -> list[str]:
     for v in variants:
         counts = {g: [0, 0] for g in (*GROUPS, "control")}
         for r in v.runs:
-            for e in r.summary["rounds"][1:]:
-                d = e.get("diagnostics") or {}
+            for e in r.summary.rounds[1:]:
+                d = e.diagnostics or {}
                 fr = d.get("fix_rates_by_reason", {}).get("wrong", {})
                 for g in GROUPS:
                     counts[g][0] += (fr.get(g) or {}).get("fixed", 0)
@@ -189,8 +189,8 @@ def markdown(root: Path, variants: list[Variant], stats: list[dict[str, dict]],
     where the records are missing)."""
     from cem.loop.compare import compare, pooled_gain
 
-    protocols = sorted({r.summary["protocol"] for v in variants for r in v.runs})
-    ref = sorted({r.summary["reference"] for v in variants for r in v.runs})
+    protocols = sorted({r.summary.protocol for v in variants for r in v.runs})
+    ref = sorted({r.summary.reference for v in variants for r in v.runs})
     retest = (
         " (RE-TEST results: the exam questions may be trained on)" if "retest" in protocols else ""
     )

@@ -33,58 +33,54 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cem.io import atomic_open, read_jsonl
+from cem.io import atomic_open
 from cem.layout import RoundDir, RunDir, read_marker
+from cem.loop.diagnostics import flags_by_id
+from cem.records import EntryKind, Mistake, RoundSummary, RunSummary, read_records
 from cem.ui import console
 
 CSV_COLUMNS = ("protocol", "round", "label", "set", "acc", "acc_norm", "n", "forgetting",
                "cpt_tokens", "cit_tokens", "seconds")  # fmt: skip
 MISTAKE_COLUMNS = ("id", "set", "subject", "question", "gold_text", "pred_text", "margin",
                    "reason", "keywords", "queries")  # fmt: skip
-DIAGNOSTIC_COLUMNS = ("hit", "trained", "fixed")  # cem.loop.diagnostics
+DIAGNOSTIC_COLUMNS = ("hit", "trained", "fixed")  # cem.loop.diagnostics.MistakeFlag
 STEP, ROUND = "trainer/global_step", "round"  # the two x-axes
 JOB_TYPE_MAX = 64  # W&B refuses a longer job_type
 UNNAMED_JOB = "cem-run"  # the job_type of a run made without overrides
 
 
-def write_csv(root: Path, summary: dict) -> Path:
+def write_csv(root: Path, summary: RunSummary) -> Path:
     """``D/metrics.csv``: one row per (round, set), round 0 and the warm-up first."""
-    from cem.loop.plots import timeline
-
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
-    for e in timeline(summary):
-        for name, m in e["metrics"].items():
-            writer.writerow([e["protocol"], e["round"], e["label"], name, m["acc"], m["acc_norm"],
-                             m["n"], e["forgetting"].get(name), e["cpt_tokens"], e["cit_tokens"],
-                             round(sum(e["seconds"].values()), 3)])  # fmt: skip
+    for e in summary.timeline:
+        for name, m in e.metrics.items():
+            writer.writerow([e.protocol, e.round, e.label, name, m["acc"], m["acc_norm"], m["n"],
+                             e.forgetting.get(name), e.cpt_tokens, e.cit_tokens,
+                             round(sum(e.seconds.values()), 3)])  # fmt: skip
     path = RunDir(root).metrics_csv
     with atomic_open(path) as fh:
         fh.write(buf.getvalue())
     return path
 
 
-def entry_key(e: dict) -> str:
-    return "warmup" if e["label"] == "after warm-up" else f"round_{e['round']}"
-
-
-def flat_entry(e: dict) -> dict[str, Any]:
+def flat_entry(e: RoundSummary) -> dict[str, Any]:
     """One timeline entry as W&B metrics; x is ``round`` (0.5 for the warm-up)."""
-    out: dict[str, Any] = {ROUND: e["round"] + (0.5 if entry_key(e) == "warmup" else 0)}
-    for name, m in e["metrics"].items():
+    out: dict[str, Any] = {ROUND: e.round + (0.5 if e.kind is EntryKind.WARMUP else 0)}
+    for name, m in e.metrics.items():
         out[f"acc/{name}"] = m["acc"]
         out[f"acc_norm/{name}"] = m["acc_norm"]
-    for name, rate in e["forgetting"].items():
+    for name, rate in e.forgetting.items():
         if rate is not None:
             out[f"forgetting/{name}"] = rate
-    for ref, g in (e.get("gains") or {}).items():
+    for ref, g in (e.gains or {}).items():
         out.update({f"gain_{ref}/{k}": v for k, v in g.items() if v is not None})
-    out.update(interval_metrics(e.get("intervals") or {}))
-    out.update(fix_rate_metrics(e.get("diagnostics") or {}))
-    out.update({f"seconds/{k}": v for k, v in e["seconds"].items()})
-    out.update(cpt_tokens=e["cpt_tokens"], cit_tokens=e["cit_tokens"])
-    extra = {k: e.get(k) for k in ("general_nll", "mistakes", "passages")}
+    out.update(interval_metrics(e.intervals or {}))
+    out.update(fix_rate_metrics(e.diagnostics or {}))
+    out.update({f"seconds/{k}": v for k, v in e.seconds.items()})
+    out.update(cpt_tokens=e.cpt_tokens, cit_tokens=e.cit_tokens)
+    extra = {"general_nll": e.general_nll, "mistakes": e.mistakes, "passages": e.passages}
     out.update({k: v for k, v in extra.items() if v is not None})
     return out
 
@@ -196,18 +192,16 @@ class RunLogger:
         """The Lightning loggers that copy ``folder``'s training steps to W&B (none without it)."""
         return [] if self.run is None else [StepLogger(self, folder)]
 
-    def update(self, summary: dict, final: bool = False) -> None:
+    def update(self, summary: RunSummary, final: bool = False) -> None:
         """Rewrite the CSV; log what W&B has not seen; at the end, the plot and totals."""
-        from cem.loop.plots import timeline
-
         write_csv(self.root, summary)
         if self.run is None:
             return
         self._replay_finished()
-        for e in timeline(summary):
-            if entry_key(e) not in self.logged:
+        for e in summary.timeline:
+            if e.key not in self.logged:
                 self._log(flat_entry(e), ROUND)
-                self.logged.add(entry_key(e))
+                self.logged.add(e.key)
         if final:
             self._final(summary)
 
@@ -244,15 +238,15 @@ class RunLogger:
         self.defined |= row.keys()
         self.run.log(row)
 
-    def _final(self, summary: dict) -> None:
+    def _final(self, summary: RunSummary) -> None:
         import wandb
 
         png = RunDir(self.root).summary_plot
         if png.is_file():
             self.run.log({"summary_plot": wandb.Image(str(png))})
         for key in ("reference", "best_round", "stopped", "gains", "protocol"):
-            self.run.summary[key] = summary[key]
-        self.run.summary["seconds_total"] = summary["seconds"]["total"]
+            self.run.summary[key] = getattr(summary, key)
+        self.run.summary["seconds_total"] = summary.seconds["total"]
 
     def log_mistakes(self, k: int, path: Path, diagnostics: dict | None) -> None:
         """Round ``k``'s mistakes as a ``wandb.Table`` (the first ``logger.mistakes_rows``),
@@ -262,12 +256,12 @@ class RunLogger:
             return
         import wandb
 
-        flags = {f["id"]: f for f in (diagnostics or {}).get("per_mistake", [])}
+        flags = flags_by_id(diagnostics)
         columns = [*MISTAKE_COLUMNS, *DIAGNOSTIC_COLUMNS]
         rows = [
-            [_cell(m.get(c)) for c in MISTAKE_COLUMNS]
-            + [flags.get(m["id"], {}).get(c) for c in DIAGNOSTIC_COLUMNS]
-            for m in read_jsonl(path)[:n]
+            [_cell(getattr(m, c)) for c in MISTAKE_COLUMNS]
+            + [getattr(flags[m.id], c) if m.id in flags else None for c in DIAGNOSTIC_COLUMNS]
+            for m in read_records(path, Mistake)[:n]
         ]
         self.run.log({f"mistakes/round_{k}": wandb.Table(columns=columns, data=rows)})
 

@@ -6,26 +6,15 @@ import math
 from pathlib import Path
 
 from cem.io import atomic_open
+from cem.records import RunSummary
 
 
-def timeline(summary: dict) -> list[dict]:
-    """Round 0, the warm-up when there is one, then each round: the order results came in."""
-    rounds = summary["rounds"]
-    return [rounds[0], *([summary["warmup"]] if summary["warmup"] else []), *rounds[1:]]
-
-
-def tag(e: dict) -> str:
-    """A timeline entry's tick: the round, or W for the warm-up."""
-    return "W" if e["label"] == "after warm-up" else str(e["round"])
-
-
-def curve(s: dict, name: str) -> list[float]:
+def curve(s: RunSummary, name: str) -> list[float]:
     """Accuracy of one set over round 0, the warm-up (when on) and each round."""
-    entries = [s["rounds"][0], *([s["warmup"]] if s["warmup"] else []), *s["rounds"][1:]]
-    return [e["metrics"].get(name, {}).get("acc", math.nan) for e in entries]
+    return [e.metrics.get(name, {}).get("acc", math.nan) for e in s.timeline]
 
 
-def plot_summary(summary: dict, path: Path) -> Path:
+def plot_summary(summary: RunSummary, path: Path) -> Path:
     """Accuracy per set over rounds (matplotlib, Agg), written atomically."""
     fig = summary_figure(summary)  # selects the Agg backend before pyplot is imported
     import matplotlib.pyplot as plt
@@ -36,7 +25,7 @@ def plot_summary(summary: dict, path: Path) -> Path:
     return path
 
 
-def summary_figure(summary: dict):
+def summary_figure(summary: RunSummary):
     """The figure of ``plot_summary``: accuracy per set over round 0, the warm-up and each
     round (also drawn as SVG into ``cem inspect``'s page)."""
     import matplotlib
@@ -44,19 +33,18 @@ def summary_figure(summary: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = timeline(summary)
+    entries = summary.timeline
     xs = list(range(len(entries)))
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name in entries[0]["metrics"]:
-        ys = [e["metrics"].get(name, {}).get("acc", float("nan")) for e in entries]
-        ax.plot(xs, ys, marker="o", label=name)
-    ax.set_xticks(xs, [tag(e) for e in entries])
+    for name in entries[0].metrics:
+        ax.plot(xs, curve(summary, name), marker="o", label=name)
+    ax.set_xticks(xs, [e.tick for e in entries])
     ax.set_xlabel("round (W: after the schema warm-up)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{summary['model']} · {summary['benchmark']} · {summary['protocol']}")
+    ax.set_title(f"{summary.model} · {summary.benchmark} · {summary.protocol}")
     fig.tight_layout()
     return fig
 
@@ -81,7 +69,7 @@ def plot_report(root: Path, variants: list, stats: list[dict[str, dict]], path: 
                     label=f"{v.label} · {name}")  # fmt: skip
             ax.fill_between(xs, lo, hi, color=f"C{i % 10}", alpha=0.12)
     width = max(len(curve(r.summary, "exam")) for v in variants for r in v.runs)
-    warm = any(r.summary["warmup"] for v in variants for r in v.runs)
+    warm = any(r.summary.warmup for v in variants for r in v.runs)
     ticks = ["0", "W", *map(str, range(1, width - 1))] if warm else list(map(str, range(width)))
     ax.set_xticks(range(width), ticks[:width])
     ax.set_xlabel("round (W: after the schema warm-up)" if warm else "round")

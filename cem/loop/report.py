@@ -33,8 +33,9 @@ from pathlib import Path
 
 from cem.config import RESULT_NEUTRAL
 from cem.errors import CemError
-from cem.io import atomic_open, read_json
+from cem.io import atomic_open
 from cem.layout import REPORT_CSV, REPORT_MD, REPORT_PNG, SUMMARY, RunDir
+from cem.records import RunSummary, read_summary
 
 # Overrides that never tell variants apart (they do not change results, or are the seeds).
 IGNORED = ("seed", "table", *RESULT_NEUTRAL)
@@ -43,7 +44,7 @@ IGNORED = ("seed", "table", *RESULT_NEUTRAL)
 @dataclass
 class Run:
     path: Path
-    summary: dict
+    summary: RunSummary
     overrides: dict[str, str] | None  # None: not a sweep job (no .hydra/overrides.yaml)
 
 
@@ -59,16 +60,8 @@ def find_runs(root: Path) -> list[Run]:
     ``summary.stopped`` is None while a run is still going)."""
     if not root.is_dir():
         raise CemError(f"{root} is not a folder; give the sweep folder, e.g. multirun/paradigm")
-    runs = []
-    for path in sorted(root.rglob(SUMMARY)):
-        folder = path.parent
-        try:
-            summary = read_json(path)
-        except ValueError as e:
-            raise CemError(f"{path} is not valid JSON ({e}); re-run its job to rewrite it") from e
-        if "rounds" not in summary or not summary["rounds"]:
-            raise CemError(f"{path} has no rounds; is it a `cem run` summary?")
-        runs.append(Run(folder, summary, _overrides(folder)))
+    runs = [Run(path.parent, read_summary(path), _overrides(path.parent))
+            for path in sorted(root.rglob(SUMMARY))]  # fmt: skip
     if not runs:
         raise CemError(f"no summary.json under {root}; run a sweep first (cem run table=NAME)")
     return runs
@@ -100,14 +93,14 @@ def group(runs: list[Run]) -> tuple[list[Variant], dict[str, str]]:
     shared = {k: given[0][k] for k in keys
               if all(o.get(k) == given[0].get(k) for o in given)}  # fmt: skip
     varying = [k for k in keys if k not in shared]
-    protocols = {r.summary["protocol"] for r in runs}
+    protocols = {r.summary.protocol for r in runs}
     variants: dict[str, Variant] = {}
     for r, o in zip(runs, given, strict=True):
         parts = [f"{k}={o[k]}" for k in varying if k in o]
         if r.overrides is None:
             parts = [r.path.name]
         if len(protocols) > 1 and "protocol" not in varying:
-            parts.append(f"protocol={r.summary['protocol']}")
+            parts.append(f"protocol={r.summary.protocol}")
         label = " ".join(parts) or "all runs"
         own = {k: o[k] for k in varying if k in o}
         variants.setdefault(label, Variant(label, overrides=own)).runs.append(r)
@@ -117,34 +110,26 @@ def group(runs: list[Run]) -> tuple[list[Variant], dict[str, str]]:
 # --- the numbers of one run ------------------------------------------------------------------
 
 
-def run_metrics(s: dict, folder: Path | None = None) -> dict[str, float | None]:
-    """The report's columns for one summary (accuracies and gains as fractions).
-
-    ``folder`` (the run's) supplies the trained tokens of summaries written before they
-    were recorded there.
-    """
-    from cem.loop.summary import trained_tokens
-
-    final = s["rounds"][-1]
-    ref = s["warmup"] if s["reference"] == "warmup" else s["rounds"][0]
+def run_metrics(s: RunSummary) -> dict[str, float | None]:
+    """The report's columns for one summary (accuracies and gains as fractions)."""
+    final, ref = s.final, s.reference_entry
     out: dict[str, float | None] = {}
-    for name, m in final["metrics"].items():
+    for name, m in final.metrics.items():
         out[f"acc/{name}"] = m["acc"]
     for name in ("exam", "test"):
-        out[f"acc0/{name}"] = s["rounds"][0]["metrics"].get(name, {}).get("acc")
-        out[f"ref/{name}"] = ref["metrics"].get(name, {}).get("acc")
-    g = (s.get("gains") or {}).get(f"vs_{s['reference']}") or {}
+        out[f"acc0/{name}"] = s.rounds[0].metrics.get(name, {}).get("acc")
+        out[f"ref/{name}"] = ref.metrics.get(name, {}).get("acc")
+    g = (s.gains or {}).get(f"vs_{s.reference}") or {}
     for key in ("exam", "schema", "knowledge"):
         out[f"gain/{key}"] = g.get(key)
-    for name, rate in final.get("forgetting", {}).items():
+    for name, rate in final.forgetting.items():
         out[f"forget/{name}"] = rate
-    if final.get("general_nll") is not None and ref.get("general_nll") is not None:
-        out["gain/general_nll"] = final["general_nll"] - ref["general_nll"]
-    entries = s["rounds"][1:]
-    out["cpt_tokens"] = float(sum(e["cpt_tokens"] for e in entries))
-    out["cit_tokens"] = float(sum(e["cit_tokens"] for e in entries))
-    trained = [e.get("trained_tokens") or (trained_tokens(RunDir(folder).round(e["round"]))
-               if folder else {}) for e in entries]  # fmt: skip
+    if final.general_nll is not None and ref.general_nll is not None:
+        out["gain/general_nll"] = final.general_nll - ref.general_nll
+    entries = s.rounds[1:]
+    out["cpt_tokens"] = float(sum(e.cpt_tokens for e in entries))
+    out["cit_tokens"] = float(sum(e.cit_tokens for e in entries))
+    trained = [e.trained_tokens or {} for e in entries]
     out["cpt_tokens_trained"] = float(sum(t.get("cpt", 0) for t in trained))
     out["cit_response_tokens_trained"] = float(
         sum(n for t in trained for k, n in t.items() if k not in ("cpt", "replay"))
@@ -155,7 +140,7 @@ def run_metrics(s: dict, folder: Path | None = None) -> dict[str, float | None]:
         knowledge / per_1k if knowledge is not None and per_1k else None
     )
     out["rounds"] = float(len(entries))
-    out["minutes"] = s["seconds"]["total"] / 60
+    out["minutes"] = s.seconds["total"] / 60
     return out
 
 
@@ -170,7 +155,7 @@ def aggregate(values: list[float | None]) -> dict | None:
 
 
 def variant_stats(v: Variant) -> dict[str, dict]:
-    per_run = [run_metrics(r.summary, r.path) for r in v.runs]
+    per_run = [run_metrics(r.summary) for r in v.runs]
     keys = list(dict.fromkeys(k for m in per_run for k in m))
     stats = {k: aggregate([m.get(k) for m in per_run]) for k in keys}
     return {k: s for k, s in stats.items() if s is not None}
@@ -210,8 +195,8 @@ def make_report(root: Path, out: Path | None = None, *, draw: bool = True,
     root = Path(root)
     out = Path(out) if out else root
     runs = find_runs(root)
-    unfinished = [r for r in runs if not r.summary.get("stopped")]
-    runs = [r for r in runs if r.summary.get("stopped")]
+    unfinished = [r for r in runs if not r.summary.stopped]
+    runs = [r for r in runs if r.summary.stopped]
     if not runs:
         raise CemError(f"no finished run under {root} yet ({len(unfinished)} still going); "
                        "run `cem report` again when a job has finished")  # fmt: skip
