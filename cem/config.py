@@ -25,7 +25,7 @@ from cem.choices import (
     Formulation,
     GeneralFormat,
     KeepModels,
-    Logger,
+    LoggerBackend,
     McfTarget,
     Paradigm,
     PassageMode,
@@ -419,12 +419,20 @@ class LoopConfig:
     reuse_runs: bool = True
 
 
+# Keys a release renamed: the old key -> its new key and the new values of the old ones.
+# cem refuses an old key, on the command line or in a config file, naming the new one and
+# the override to type (cem.validate.renamed_problem).
+RENAMED: dict[str, tuple[str, dict[object, str]]] = {
+    "logger.name": ("logger.backend", {}),
+    "logger.wandb": ("logger.backend", {True: "wandb", False: "csv"}),
+}
+
+
 @dataclass
 class LoggerConfig:
     """Where ``cem run`` mirrors its results; ``D/metrics.csv`` is always written."""
 
-    name: Logger = Logger.wandb
-    wandb: bool = True  # also log to Weights & Biases
+    backend: LoggerBackend = LoggerBackend.wandb  # csv: D/metrics.csv alone, no W&B
     mode: WandbMode = WandbMode.offline  # $WANDB_MODE wins when set
     project: str = "cem"
     entity: str | None = None

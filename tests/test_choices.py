@@ -15,9 +15,9 @@ from omegaconf import OmegaConf, ValidationError
 
 from cem import choices
 from cem.cli import main
-from cem.config import RunJob, conf_dir, register_configs
+from cem.config import RENAMED, RunJob, conf_dir, register_configs
 from cem.layout import RunDir
-from cem.validate import override_problems
+from cem.validate import choice_field, field_type, override_problems
 
 BASE = ["experiment=fast", "run_dir=/tmp/x"]
 
@@ -52,7 +52,7 @@ BAD_CHOICES = [
     ("loop.baseline=bm25", "loop.baseline", "none, random_cpt, full_corpus_cpt, "
      "full_corpus_cpt_steps, full_corpus_cpt_fifth, cit_only"),
     ("loop.keep_models=some", "loop.keep_models", "all, last, none"),
-    ("logger.name=tensorboard", "logger.name", "wandb, csv"),
+    ("logger.backend=tensorboard", "logger.backend", "wandb, csv"),
     ("logger.mode=loud", "logger.mode", "offline, online, disabled"),
 ]  # fmt: skip
 IDS = [bad for bad, _, _ in BAD_CHOICES]
@@ -108,6 +108,46 @@ def test_a_sweep_with_one_bad_value_stops_before_its_first_job(tmp_path, capsys)
     assert stop.value.code == 2
     assert "eval.mode must be one of loglik, generate; got 'sample'" in capsys.readouterr().err
     assert not sweep.exists()
+
+
+# (an override of a renamed key, the fix cem suggests)
+RENAMED_OVERRIDES = [
+    ("logger.wandb=false", "logger.backend=csv"),
+    ("logger.wandb=true", "logger.backend=wandb"),
+    ("logger.name=csv", "logger.backend=csv"),
+    ("logger.name=tensorboard", "logger.backend=wandb"),
+    ("+logger.wandb=false", "logger.backend=csv"),
+]
+
+
+@pytest.mark.parametrize(("old", "fix"), RENAMED_OVERRIDES)
+def test_a_renamed_key_is_refused_naming_its_new_key_and_a_fix_that_composes(old, fix):
+    key, _, value = old.lstrip("+").partition("=")
+    (problem,) = override_problems(RunJob, [*BASE, old])
+    assert problem == (f"{key} is now logger.backend (one of wandb, csv); got {key}={value} "
+                       f"(try {fix})")  # fmt: skip
+    assert compose_run([fix]).logger.backend == fix.partition("=")[2]
+
+
+def test_every_renamed_key_is_gone_and_its_new_key_takes_the_mapped_values():
+    assert RENAMED
+    for old, (new, new_values) in RENAMED.items():
+        assert field_type(RunJob, old) is None, old
+        kind, _, _ = choice_field(RunJob, new)
+        assert set(new_values.values()) <= set(choices.values(kind)), old
+
+
+def test_cem_run_with_a_renamed_key_exits_2_in_one_line(tmp_path, capsys):
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", f"run_dir={root}", "logger.wandb=false"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "cem run: error: invalid config:",
+        "  - logger.wandb is now logger.backend (one of wandb, csv); got logger.wandb=false "
+        "(try logger.backend=csv)",
+    ]
+    assert not root.exists()
 
 
 def test_what_is_not_a_bad_choice_is_left_to_hydra():

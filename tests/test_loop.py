@@ -191,7 +191,7 @@ def test_every_experiment_composes_and_validates(experiment):
 def test_defaults_validate_and_seeds_follow_seed(logger):
     cfg = compose_run("seed=3", f"logger={logger}", "run_dir=/tmp/x")
     assert check_run(cfg) == []
-    assert cfg.logger.name == logger
+    assert cfg.logger.backend == logger
     seeds = (cfg.benchmark.seed, cfg.mistakes.seed, cfg.mix.seed, cfg.replay.seed, cfg.train.seed)
     assert seeds == (3, 3, 3, 3, 3)  # the world split rotates with the seed
 
