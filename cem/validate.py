@@ -260,7 +260,7 @@ def field_type(schema: type, key: str) -> object | None:
     index is a part too), or None when there is no such field."""
     kind: object = schema
     for part in key.split("."):
-        kind = _not_optional(kind)[0]
+        kind = not_optional(kind)[0]
         if dataclasses.is_dataclass(kind):
             hints = typing.get_type_hints(kind)
             if part not in hints:
@@ -279,7 +279,7 @@ def choice_field(schema: type, key: str) -> tuple[type[StrEnum], bool, bool] | N
     kind = field_type(schema, key)
     if kind is None:
         return None
-    kind, optional = _not_optional(kind)
+    kind, optional = not_optional(kind)
     is_list = typing.get_origin(kind) is list
     if is_list:
         kind = typing.get_args(kind)[0]
@@ -288,7 +288,8 @@ def choice_field(schema: type, key: str) -> tuple[type[StrEnum], bool, bool] | N
     return None
 
 
-def _not_optional(kind: object) -> tuple[object, bool]:
+def not_optional(kind: object) -> tuple[object, bool]:
+    """``kind`` without its ``| None``, and whether it had one."""
     args = typing.get_args(kind)
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]

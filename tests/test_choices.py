@@ -203,3 +203,86 @@ def test_a_config_saved_with_plain_strings_still_matches(tmp_path):
     other = compose_run([f"run_dir={tmp_path}", "eval.formulation=cf"])
     with pytest.raises(Exception, match=r"eval.formulation: 'mcf' -> "):
         guard_config(tmp_path, other)
+
+
+# --- a bad choice in a config file -----------------------------------------------------------
+
+
+def user_conf(tmp_path, files: dict[str, str]):
+    """A ``--config-dir`` beside conf/ holding ``files`` (path -> text)."""
+    folder = tmp_path / "my_conf"
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def cem_error(argv: list[str], capsys) -> list[str]:
+    """What ``cem`` says on stderr for ``argv``, which must stop with exit code 2."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+BAD_EXPERIMENT = "# @package _global_\nseed: 1\neval:\n  formulation: clozee\n"
+BAD_KNOWLEDGE = "name: mine\nsources:\n  - kind: wiki_offline\n  - kind: wiki_ofline\n"
+
+
+def test_a_bad_choice_in_a_config_file_is_said_in_one_line_with_the_file_and_line(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/mine.yaml": BAD_EXPERIMENT})
+    root = tmp_path / "run"
+    err = cem_error(["run", "--config-dir", str(conf), f"run_dir={root}", "experiment=mine"],
+                    capsys)  # fmt: skip
+    assert err == [
+        "cem run: error: invalid config:",
+        f"  - {conf}/experiment/mine.yaml:4: eval.formulation must be one of null, mcf, cf; "
+        "got 'clozee' (try formulation: mcf)",
+    ]
+    assert not root.exists()
+
+
+def test_a_list_items_bad_choice_in_a_group_option_names_its_full_key(tmp_path, capsys):
+    # OmegaConf names the item's field alone ("kind"); the file says which item it is.
+    conf = user_conf(tmp_path, {"knowledge/mine.yaml": BAD_KNOWLEDGE})
+    err = cem_error(["retrieve", "--config-dir", str(conf), "run_dir=/tmp/x", "knowledge=mine"],
+                    capsys)  # fmt: skip
+    assert err[1] == (
+        f"  - {conf}/knowledge/mine.yaml:4: knowledge.sources.1.kind must be one of wiki_offline, "
+        "wiki_dense, local_corpus, wikipedia_api, web_search; got 'wiki_ofline' "
+        "(try kind: wiki_offline)"
+    )
+
+
+def test_a_renamed_key_in_a_config_file_names_the_new_key(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/old.yaml": "# @package _global_\nlogger:\n"
+                                                       "  wandb: false\n"})  # fmt: skip
+    err = cem_error(["run", "--config-dir", str(conf), "run_dir=/tmp/x", "experiment=old"], capsys)
+    assert err[1] == (f"  - {conf}/experiment/old.yaml:3: logger.wandb is now logger.backend "
+                      "(one of wandb, csv); got logger.wandb=false (try backend: csv)")  # fmt: skip
+
+
+def test_a_sweep_stops_before_its_first_job_on_a_later_jobs_bad_file(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/mine.yaml": BAD_EXPERIMENT,
+                                "knowledge/mine.yaml": BAD_KNOWLEDGE,
+                                "table/mine.yaml": "# @package _global_\nhydra:\n  mode: MULTIRUN\n"
+                                "  sweeper:\n    params:\n      knowledge: wiki_offline,mine\n"})  # fmt: skip
+    sweep = tmp_path / "sweep"
+    err = cem_error(["run", "--config-dir", str(conf), "-m", f"hydra.sweep.dir={sweep}",
+                     "experiment=fast,mine"], capsys)  # fmt: skip
+    assert err[1].startswith(f"  - {conf}/experiment/mine.yaml:4: eval.formulation must be")
+    # A table's own axis (the sweeper's params in its file) is composed value by value too.
+    err = cem_error(["run", "--config-dir", str(conf), f"hydra.sweep.dir={sweep}",
+                     f"run_dir={tmp_path / 'run'}", "experiment=fast", "table=mine"], capsys)  # fmt: skip
+    assert err[1].startswith(f"  - {conf}/knowledge/mine.yaml:4: knowledge.sources.1.kind must")
+    assert not sweep.exists()
+
+
+def test_any_other_error_in_a_config_file_is_left_to_hydra(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/typo.yaml": "# @package _global_\ntrain:\n"
+                                                        "  lr: fast\n"})  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--config-dir", str(conf), "run_dir=/tmp/x", "experiment=typo"])
+    assert stop.value.code == 1  # Hydra's own exit
+    err = capsys.readouterr().err
+    assert "In 'experiment/typo': ValidationError" in err and "full_key: train.lr" in err
