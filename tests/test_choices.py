@@ -9,13 +9,12 @@ import json
 import re
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, ValidationError
 
 from cem import choices
 from cem.cli import main
-from cem.config import RENAMED, RunJob, conf_dir, register_configs
+from cem.config import RENAMED, RunJob
 from cem.layout import RunDir
 from cem.validate import choice_field, field_type, override_problems
 
@@ -58,16 +57,12 @@ BAD_CHOICES = [
 IDS = [bad for bad, _, _ in BAD_CHOICES]
 
 
-def compose_run(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name="run", overrides=[*BASE, *overrides])
-
-
 @pytest.mark.parametrize(("bad", "key", "allowed"), BAD_CHOICES, ids=IDS)
-def test_a_bad_choice_fails_at_composition_naming_the_key_and_the_values(bad, key, allowed):
+def test_a_bad_choice_fails_at_composition_naming_the_key_and_the_values(
+    bad, key, allowed, compose
+):
     with pytest.raises(ConfigCompositionException) as err:
-        compose_run([bad])
+        compose("run", *BASE, bad)
     cause = err.value.__cause__
     assert isinstance(cause, ValidationError), cause
     # OmegaConf writes a list's index in brackets, and names a list's bad item: key[1].
@@ -77,13 +72,13 @@ def test_a_bad_choice_fails_at_composition_naming_the_key_and_the_values(bad, ke
 
 
 @pytest.mark.parametrize(("bad", "key", "allowed"), BAD_CHOICES, ids=IDS)
-def test_cem_reports_it_first_in_one_line_with_a_fix_that_composes(bad, key, allowed):
+def test_cem_reports_it_first_in_one_line_with_a_fix_that_composes(bad, key, allowed, compose):
     (problem,) = override_problems(RunJob, [*BASE, bad])
     assert problem.startswith(f"{key} "), problem
     assert f"must be one of {allowed}; got " in problem or f"must be among {allowed};" in problem
     fix = problem.rsplit("(try ", 1)[1].removesuffix(")")
     assert fix.startswith(f"{key}=")
-    compose_run([fix])
+    compose("run", *BASE, fix)
     assert override_problems(RunJob, [fix]) == []
 
 
@@ -121,12 +116,12 @@ RENAMED_OVERRIDES = [
 
 
 @pytest.mark.parametrize(("old", "fix"), RENAMED_OVERRIDES)
-def test_a_renamed_key_is_refused_naming_its_new_key_and_a_fix_that_composes(old, fix):
+def test_a_renamed_key_is_refused_naming_its_new_key_and_a_fix_that_composes(old, fix, compose):
     key, _, value = old.lstrip("+").partition("=")
     (problem,) = override_problems(RunJob, [*BASE, old])
     assert problem == (f"{key} is now logger.backend (one of wandb, csv); got {key}={value} "
                        f"(try {fix})")  # fmt: skip
-    assert compose_run([fix]).logger.backend == fix.partition("=")[2]
+    assert compose("run", *BASE, fix).logger.backend == fix.partition("=")[2]
 
 
 def test_every_renamed_key_is_gone_and_its_new_key_takes_the_mapped_values():
@@ -187,11 +182,11 @@ def test_each_choice_has_an_implementation():
     assert set(PROVIDERS) == set(choices.SearchProvider) - retired
 
 
-def test_a_config_saved_with_plain_strings_still_matches(tmp_path):
+def test_a_config_saved_with_plain_strings_still_matches(tmp_path, compose):
     from cem.loop.run import guard_config
     from cem.loop.share import run_key, stage_key
 
-    cfg = compose_run([f"run_dir={tmp_path}", "eval.formulation=mcf"])
+    cfg = compose("run", *BASE, f"run_dir={tmp_path}", "eval.formulation=mcf")
     assert isinstance(cfg.eval.formulation, choices.Formulation)
     # What the code wrote and hashed when the choices were strings: JSON holds no enums.
     plain = OmegaConf.create(json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True))))
@@ -200,7 +195,7 @@ def test_a_config_saved_with_plain_strings_still_matches(tmp_path):
     assert stage_key("eval", cfg, []) == stage_key("eval", plain, [])
     RunDir(tmp_path).config.write_text(OmegaConf.to_yaml(plain), encoding="utf-8")
     guard_config(tmp_path, cfg)  # a continuation of the old run: nothing changed
-    other = compose_run([f"run_dir={tmp_path}", "eval.formulation=cf"])
+    other = compose("run", *BASE, f"run_dir={tmp_path}", "eval.formulation=cf")
     with pytest.raises(Exception, match=r"eval.formulation: 'mcf' -> "):
         guard_config(tmp_path, other)
 

@@ -4,22 +4,14 @@ group options already give, and every key they set exists in the schema."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cem.config import conf_dir, register_configs
+from cem.config import conf_dir
 
 ENTRIES = ("eval", "retrieve", "build", "train", "run")
-
-
-def _compose(folder: Path, name: str):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(folder)):
-        return OmegaConf.to_container(compose(config_name=name, overrides=["run_dir=/x"]))
 
 
 def _leaves(node: dict, prefix: str = "") -> list[str]:
@@ -37,13 +29,14 @@ def _get(node: dict, dotted: str):
 
 
 @pytest.mark.parametrize("name", ENTRIES)
-def test_entry_yaml_restates_no_default(name, tmp_path):
+def test_entry_yaml_restates_no_default(name, tmp_path, compose):
     body = yaml.safe_load((conf_dir() / f"{name}.yaml").read_text())
     defaults = body.pop("defaults")
     bare = tmp_path / "conf"
     shutil.copytree(conf_dir(), bare)
     (bare / f"{name}.yaml").write_text(yaml.safe_dump({"defaults": defaults}))
-    full, without = _compose(conf_dir(), name), _compose(bare, name)
+    full, without = (OmegaConf.to_container(compose(name, "run_dir=/x", config_dir=folder))
+                     for folder in (conf_dir(), bare))  # fmt: skip
     keys = [k for k in _leaves(body) if k not in ("run_dir",)]
     restated = [k for k in keys if _get(full, k) == _get(without, k)]
     assert restated == [], f"conf/{name}.yaml restates what its defaults give: {restated}"
