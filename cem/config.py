@@ -42,8 +42,9 @@ from cem.errors import CemError
 
 # Config keys that change no result (where a job writes, what it shows or keeps, W&B):
 # the one list. A continued run may change them (cem.loop.run), cem report does not tell
-# rows apart by them, finished runs are reused across them (cem.loop.share), and the
-# tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
+# rows apart by them, finished runs and round-0 stages are reused across them (cem.loop.share:
+# run and stage keys), and the tables leave them out of their job folders' names
+# (conf/table/_base.yaml, a copy a test holds to this one).
 RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "eval.devices",
                   "trainer.enable_progress_bar", "loop.keep_models", "loop.share_round0",
                   "loop.reuse_runs", "loop.baseline")  # fmt: skip

@@ -467,3 +467,32 @@ def test_tables_leave_out_exactly_the_result_neutral_keys():
     excluded = list(base.hydra.job.config.override_dirname.exclude_keys)
     assert excluded == ["table", *RESULT_NEUTRAL]
     assert set(RESULT_NEUTRAL) <= set(IGNORED) and set(RESULT_NEUTRAL) <= set(MAY_CHANGE)
+
+
+# A value for each result-neutral key other than the composed one (logger: the W&B group).
+NEUTRAL_CHANGES = {"run_dir": "run_dir=/tmp/other", "logger": "logger=wandb",
+                   "eval.progress": "eval.progress=true", "eval.devices": "eval.devices=2",
+                   "trainer.enable_progress_bar": "trainer.enable_progress_bar=true",
+                   "loop.keep_models": "loop.keep_models=all",
+                   "loop.share_round0": "loop.share_round0=false",
+                   "loop.reuse_runs": "loop.reuse_runs=true",
+                   "loop.baseline": "loop.baseline=random_cpt"}  # fmt: skip
+
+
+def test_the_result_neutral_keys_change_no_run_or_stage_key(compose):
+    from pathlib import Path
+
+    from cem.config import RESULT_NEUTRAL
+    from cem.loop import stages
+    from cem.loop.share import run_key, stage_key
+
+    def keys(*overrides: str) -> list[str]:
+        cfg = compose("run", "run_dir=/tmp/x", "experiment=fast", *overrides)
+        folder, steps = Path("/tmp/x/round_0"), {"max_steps": 2, "epochs": 1}
+        return [run_key(cfg), stage_key("eval", stages.eval_job(cfg, folder, None, ["exam"]), []),
+                stage_key("build", stages.warmup_build_job(cfg, folder), []),
+                stage_key("train", stages.train_job(cfg, folder, steps, True), [])]  # fmt: skip
+
+    assert set(NEUTRAL_CHANGES) == set(RESULT_NEUTRAL)
+    assert keys(*NEUTRAL_CHANGES.values()) == keys()
+    assert all(a != b for a, b in zip(keys("seed=1"), keys(), strict=True))  # a key that counts
