@@ -15,6 +15,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf, ValidationError
 from omegaconf.errors import OmegaConfBaseException
 
@@ -110,15 +111,13 @@ def composition_problem(schema: type, error: Exception, folders: Sequence[Path])
     """A composition that failed on a config file's bad choice or renamed key, said as
     ``override_problems`` says an override's, with the file and line (looked for in
     ``folders``, the config search path); None for any other error, which Hydra reports."""
-    import yaml
-
     cause = error.__cause__ or error.__context__
     where = re.match(r"In '([^']+)': ", str(error))
     if not isinstance(cause, OmegaConfBaseException) or not cause.full_key or where is None:
         return None
     key = re.sub(r"\[(\d+)\]", r".\1", cause.full_key)  # OmegaConf writes a list item key[1]
     path = next((p for f in folders if (p := Path(f) / f"{where[1]}.yaml").is_file()), None)
-    root = yaml.compose(path.read_text(encoding="utf-8")) if path else None
+    root = _read(path) if path else None
     if "." not in key and dataclasses.is_dataclass(cause.object_type):
         key = _item_key(schema, cause.object_type, key, cause.value, root) or key
     node = _find(root, key.split("."))
@@ -141,12 +140,18 @@ def composition_problem(schema: type, error: Exception, folders: Sequence[Path])
     return f"{path}{line}: {head} (try {fix})"
 
 
-def _find(root: object, parts: list[str]):
+def _read(path: Path) -> yaml.Node | None:
+    """The YAML nodes of ``path``, with their line numbers; None when it does not parse."""
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _find(root: object, parts: list[str]) -> yaml.Node | None:
     """The YAML node under ``root`` that sets the dotted key ``parts``: the whole key in a
     ``_global_`` file, its tail under the file's own package (``knowledge.sources.0.kind``
     is ``sources.0.kind`` in ``knowledge/x.yaml``); None when it is not there."""
-    import yaml
-
     for start in range(len(parts)):
         node = root
         for part in parts[start:]:
@@ -167,8 +172,6 @@ def _item_key(schema: type, item: type, key: str, value: object, root: object) -
     """The full key of a list item's field, which OmegaConf names alone (``kind`` for an item
     of ``knowledge.sources``): the schema's list of ``item`` whose item in the file holds
     ``value`` at ``key``."""
-    import yaml
-
     for dotted in _lists_of(schema, item):
         items = _find(root, dotted.split("."))
         for i, node in enumerate(items.value if isinstance(items, yaml.SequenceNode) else []):
