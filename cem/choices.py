@@ -174,10 +174,13 @@ class KeepModels(StrEnum):
     none = "none"  # not even the final one, once it is scored (sweeps that need only results)
 
 
-class Logger(StrEnum):
-    """``logger.name``: where ``cem run`` mirrors its results (``conf/logger/``)."""
+class LoggerBackend(StrEnum):
+    """``logger.backend``: where ``cem run`` mirrors its results (``conf/logger/``).
 
-    wandb = "wandb"
+    ``D/metrics.csv`` is written whatever the backend; ``csv`` is that file alone.
+    """
+
+    wandb = "wandb"  # Weights & Biases as well
     csv = "csv"
 
 

@@ -104,6 +104,7 @@ def run_hydra(command: str, overrides: list[str]) -> None:
     from hydra import version
     from hydra._internal.utils import _run_hydra, get_args_parser
 
+    from cem.composition import file_problems
     from cem.config import SCHEMAS, conf_dir, register_configs
     from cem.validate import ConfigInvalid, override_problems
 
@@ -148,7 +149,9 @@ def run_hydra(command: str, overrides: list[str]) -> None:
     parser.prog = f"cem {command}"
     args = parser.parse_args(overrides)
     # A choice outside its list fails at composition; said first, as a failed check says it.
-    if problems := override_problems(SCHEMAS[command], args.overrides):
+    if problems := override_problems(SCHEMAS[command], args.overrides) or file_problems(
+        command, args
+    ):
         print(f"cem {command}: error: {ConfigInvalid(problems)}", file=sys.stderr)
         sys.exit(2)
     _run_hydra(args=args, args_parser=parser, task_function=_app,

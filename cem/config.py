@@ -25,7 +25,7 @@ from cem.choices import (
     Formulation,
     GeneralFormat,
     KeepModels,
-    Logger,
+    LoggerBackend,
     McfTarget,
     Paradigm,
     PassageMode,
@@ -42,8 +42,9 @@ from cem.errors import CemError
 
 # Config keys that change no result (where a job writes, what it shows or keeps, W&B):
 # the one list. A continued run may change them (cem.loop.run), cem report does not tell
-# rows apart by them, finished runs are reused across them (cem.loop.share), and the
-# tables leave them out of their job folders' names (conf/table/_base.yaml; a test checks).
+# rows apart by them, finished runs and round-0 stages are reused across them (cem.loop.share:
+# run and stage keys), and the tables leave them out of their job folders' names
+# (conf/table/_base.yaml, a copy a test holds to this one).
 RESULT_NEUTRAL = ("run_dir", "logger", "eval.progress", "eval.devices",
                   "trainer.enable_progress_bar", "loop.keep_models", "loop.share_round0",
                   "loop.reuse_runs", "loop.baseline")  # fmt: skip
@@ -423,12 +424,20 @@ class LoopConfig:
     reuse_runs: bool = True
 
 
+# Keys a release renamed: the old key -> its new key and the new values of the old ones.
+# cem refuses an old key, on the command line or in a config file, naming the new one and
+# the override to type (cem.validate.renamed_problem).
+RENAMED: dict[str, tuple[str, dict[object, str]]] = {
+    "logger.name": ("logger.backend", {}),
+    "logger.wandb": ("logger.backend", {True: "wandb", False: "csv"}),
+}
+
+
 @dataclass
 class LoggerConfig:
     """Where ``cem run`` mirrors its results; ``D/metrics.csv`` is always written."""
 
-    name: Logger = Logger.wandb
-    wandb: bool = True  # also log to Weights & Biases
+    backend: LoggerBackend = LoggerBackend.wandb  # csv: D/metrics.csv alone, no W&B
     mode: WandbMode = WandbMode.offline  # $WANDB_MODE wins when set
     project: str = "cem"
     entity: str | None = None

@@ -17,6 +17,7 @@ from omegaconf.nodes import EnumNode
 from cem.benchmarks.world import RELATIONS as WORLD_RELATIONS
 from cem.benchmarks.world import TRANSFER_SETS as WORLD_TRANSFER
 from cem.choices import values
+from cem.config import RENAMED
 from cem.device import device_problem
 from cem.errors import CemError
 
@@ -221,7 +222,13 @@ def override_problems(schema: type, overrides: Sequence[str]) -> list[str]:
         return []  # a malformed override: Hydra says what is wrong with it
     problems = []
     for o in parsed:
-        field = None if o.is_delete() or o.package else choice_field(schema, o.key_or_group)
+        if o.is_delete() or o.package:
+            continue
+        if o.key_or_group in RENAMED:
+            given = o.input_line.partition("=")[2]  # a sweep's values too
+            problems.append(renamed_problem(schema, o.key_or_group, given))
+            continue
+        field = choice_field(schema, o.key_or_group)
         if field is None or o.value_type == ValueType.GLOB_CHOICE_SWEEP:
             continue
         if o.is_choice_sweep():
@@ -235,12 +242,25 @@ def override_problems(schema: type, overrides: Sequence[str]) -> list[str]:
     return [p for p in problems if p]
 
 
-def choice_field(schema: type, key: str) -> tuple[type[StrEnum], bool, bool] | None:
-    """The ``StrEnum`` of the field that the dotted ``key`` names in the dataclass ``schema``,
-    whether it may be null and whether it is a list of them; None for any other field."""
+def renamed_problem(schema: type, key: str, given: str) -> str | None:
+    """A renamed ``key`` (``cem.config.RENAMED``) given the value ``given`` (as text): its new
+    key and the override that fixes it; None when the new key is not ``schema``'s."""
+    new, new_values = RENAMED[key]
+    field = choice_field(schema, new)
+    if field is None:  # not this command's key: Hydra refuses it as unknown
+        return None
+    allowed = values(field[0])
+    fix = next((v for k, v in new_values.items() if override_value(k) == given.lower()), given)
+    return (f"{key} is now {new} (one of {', '.join(allowed)}); got {key}={given} "
+            f"(try {new}={fix if fix in allowed else allowed[0]})")  # fmt: skip
+
+
+def field_type(schema: type, key: str) -> object | None:
+    """The type of the field that the dotted ``key`` names in the dataclass ``schema`` (a list
+    index is a part too), or None when there is no such field."""
     kind: object = schema
     for part in key.split("."):
-        kind = _not_optional(kind)[0]
+        kind = not_optional(kind)[0]
         if dataclasses.is_dataclass(kind):
             hints = typing.get_type_hints(kind)
             if part not in hints:
@@ -250,7 +270,16 @@ def choice_field(schema: type, key: str) -> tuple[type[StrEnum], bool, bool] | N
             kind = typing.get_args(kind)[0]
         else:
             return None
-    kind, optional = _not_optional(kind)
+    return kind
+
+
+def choice_field(schema: type, key: str) -> tuple[type[StrEnum], bool, bool] | None:
+    """The ``StrEnum`` of the field that the dotted ``key`` names in the dataclass ``schema``,
+    whether it may be null and whether it is a list of them; None for any other field."""
+    kind = field_type(schema, key)
+    if kind is None:
+        return None
+    kind, optional = not_optional(kind)
     is_list = typing.get_origin(kind) is list
     if is_list:
         kind = typing.get_args(kind)[0]
@@ -259,7 +288,8 @@ def choice_field(schema: type, key: str) -> tuple[type[StrEnum], bool, bool] | N
     return None
 
 
-def _not_optional(kind: object) -> tuple[object, bool]:
+def not_optional(kind: object) -> tuple[object, bool]:
+    """``kind`` without its ``| None``, and whether it had one."""
     args = typing.get_args(kind)
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]

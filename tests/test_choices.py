@@ -9,15 +9,14 @@ import json
 import re
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, ValidationError
 
 from cem import choices
 from cem.cli import main
-from cem.config import RunJob, conf_dir, register_configs
+from cem.config import RENAMED, RunJob
 from cem.layout import RunDir
-from cem.validate import override_problems
+from cem.validate import choice_field, field_type, override_problems
 
 BASE = ["experiment=fast", "run_dir=/tmp/x"]
 
@@ -52,22 +51,18 @@ BAD_CHOICES = [
     ("loop.baseline=bm25", "loop.baseline", "none, random_cpt, full_corpus_cpt, "
      "full_corpus_cpt_steps, full_corpus_cpt_fifth, cit_only"),
     ("loop.keep_models=some", "loop.keep_models", "all, last, none"),
-    ("logger.name=tensorboard", "logger.name", "wandb, csv"),
+    ("logger.backend=tensorboard", "logger.backend", "wandb, csv"),
     ("logger.mode=loud", "logger.mode", "offline, online, disabled"),
 ]  # fmt: skip
 IDS = [bad for bad, _, _ in BAD_CHOICES]
 
 
-def compose_run(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name="run", overrides=[*BASE, *overrides])
-
-
 @pytest.mark.parametrize(("bad", "key", "allowed"), BAD_CHOICES, ids=IDS)
-def test_a_bad_choice_fails_at_composition_naming_the_key_and_the_values(bad, key, allowed):
+def test_a_bad_choice_fails_at_composition_naming_the_key_and_the_values(
+    bad, key, allowed, compose
+):
     with pytest.raises(ConfigCompositionException) as err:
-        compose_run([bad])
+        compose("run", *BASE, bad)
     cause = err.value.__cause__
     assert isinstance(cause, ValidationError), cause
     # OmegaConf writes a list's index in brackets, and names a list's bad item: key[1].
@@ -77,13 +72,13 @@ def test_a_bad_choice_fails_at_composition_naming_the_key_and_the_values(bad, ke
 
 
 @pytest.mark.parametrize(("bad", "key", "allowed"), BAD_CHOICES, ids=IDS)
-def test_cem_reports_it_first_in_one_line_with_a_fix_that_composes(bad, key, allowed):
+def test_cem_reports_it_first_in_one_line_with_a_fix_that_composes(bad, key, allowed, compose):
     (problem,) = override_problems(RunJob, [*BASE, bad])
     assert problem.startswith(f"{key} "), problem
     assert f"must be one of {allowed}; got " in problem or f"must be among {allowed};" in problem
     fix = problem.rsplit("(try ", 1)[1].removesuffix(")")
     assert fix.startswith(f"{key}=")
-    compose_run([fix])
+    compose("run", *BASE, fix)
     assert override_problems(RunJob, [fix]) == []
 
 
@@ -108,6 +103,46 @@ def test_a_sweep_with_one_bad_value_stops_before_its_first_job(tmp_path, capsys)
     assert stop.value.code == 2
     assert "eval.mode must be one of loglik, generate; got 'sample'" in capsys.readouterr().err
     assert not sweep.exists()
+
+
+# (an override of a renamed key, the fix cem suggests)
+RENAMED_OVERRIDES = [
+    ("logger.wandb=false", "logger.backend=csv"),
+    ("logger.wandb=true", "logger.backend=wandb"),
+    ("logger.name=csv", "logger.backend=csv"),
+    ("logger.name=tensorboard", "logger.backend=wandb"),
+    ("+logger.wandb=false", "logger.backend=csv"),
+]
+
+
+@pytest.mark.parametrize(("old", "fix"), RENAMED_OVERRIDES)
+def test_a_renamed_key_is_refused_naming_its_new_key_and_a_fix_that_composes(old, fix, compose):
+    key, _, value = old.lstrip("+").partition("=")
+    (problem,) = override_problems(RunJob, [*BASE, old])
+    assert problem == (f"{key} is now logger.backend (one of wandb, csv); got {key}={value} "
+                       f"(try {fix})")  # fmt: skip
+    assert compose("run", *BASE, fix).logger.backend == fix.partition("=")[2]
+
+
+def test_every_renamed_key_is_gone_and_its_new_key_takes_the_mapped_values():
+    assert RENAMED
+    for old, (new, new_values) in RENAMED.items():
+        assert field_type(RunJob, old) is None, old
+        kind, _, _ = choice_field(RunJob, new)
+        assert set(new_values.values()) <= set(choices.values(kind)), old
+
+
+def test_cem_run_with_a_renamed_key_exits_2_in_one_line(tmp_path, capsys):
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", f"run_dir={root}", "logger.wandb=false"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "cem run: error: invalid config:",
+        "  - logger.wandb is now logger.backend (one of wandb, csv); got logger.wandb=false "
+        "(try logger.backend=csv)",
+    ]
+    assert not root.exists()
 
 
 def test_what_is_not_a_bad_choice_is_left_to_hydra():
@@ -147,11 +182,11 @@ def test_each_choice_has_an_implementation():
     assert set(PROVIDERS) == set(choices.SearchProvider) - retired
 
 
-def test_a_config_saved_with_plain_strings_still_matches(tmp_path):
+def test_a_config_saved_with_plain_strings_still_matches(tmp_path, compose):
     from cem.loop.run import guard_config
     from cem.loop.share import run_key, stage_key
 
-    cfg = compose_run([f"run_dir={tmp_path}", "eval.formulation=mcf"])
+    cfg = compose("run", *BASE, f"run_dir={tmp_path}", "eval.formulation=mcf")
     assert isinstance(cfg.eval.formulation, choices.Formulation)
     # What the code wrote and hashed when the choices were strings: JSON holds no enums.
     plain = OmegaConf.create(json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True))))
@@ -160,6 +195,89 @@ def test_a_config_saved_with_plain_strings_still_matches(tmp_path):
     assert stage_key("eval", cfg, []) == stage_key("eval", plain, [])
     RunDir(tmp_path).config.write_text(OmegaConf.to_yaml(plain), encoding="utf-8")
     guard_config(tmp_path, cfg)  # a continuation of the old run: nothing changed
-    other = compose_run([f"run_dir={tmp_path}", "eval.formulation=cf"])
+    other = compose("run", *BASE, f"run_dir={tmp_path}", "eval.formulation=cf")
     with pytest.raises(Exception, match=r"eval.formulation: 'mcf' -> "):
         guard_config(tmp_path, other)
+
+
+# --- a bad choice in a config file -----------------------------------------------------------
+
+
+def user_conf(tmp_path, files: dict[str, str]):
+    """A ``--config-dir`` beside conf/ holding ``files`` (path -> text)."""
+    folder = tmp_path / "my_conf"
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def cem_error(argv: list[str], capsys) -> list[str]:
+    """What ``cem`` says on stderr for ``argv``, which must stop with exit code 2."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+BAD_EXPERIMENT = "# @package _global_\nseed: 1\neval:\n  formulation: clozee\n"
+BAD_KNOWLEDGE = "name: mine\nsources:\n  - kind: wiki_offline\n  - kind: wiki_ofline\n"
+
+
+def test_a_bad_choice_in_a_config_file_is_said_in_one_line_with_the_file_and_line(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/mine.yaml": BAD_EXPERIMENT})
+    root = tmp_path / "run"
+    err = cem_error(["run", "--config-dir", str(conf), f"run_dir={root}", "experiment=mine"],
+                    capsys)  # fmt: skip
+    assert err == [
+        "cem run: error: invalid config:",
+        f"  - {conf}/experiment/mine.yaml:4: eval.formulation must be one of null, mcf, cf; "
+        "got 'clozee' (try formulation: mcf)",
+    ]
+    assert not root.exists()
+
+
+def test_a_list_items_bad_choice_in_a_group_option_names_its_full_key(tmp_path, capsys):
+    # OmegaConf names the item's field alone ("kind"); the file says which item it is.
+    conf = user_conf(tmp_path, {"knowledge/mine.yaml": BAD_KNOWLEDGE})
+    err = cem_error(["retrieve", "--config-dir", str(conf), "run_dir=/tmp/x", "knowledge=mine"],
+                    capsys)  # fmt: skip
+    assert err[1] == (
+        f"  - {conf}/knowledge/mine.yaml:4: knowledge.sources.1.kind must be one of wiki_offline, "
+        "wiki_dense, local_corpus, wikipedia_api, web_search; got 'wiki_ofline' "
+        "(try kind: wiki_offline)"
+    )
+
+
+def test_a_renamed_key_in_a_config_file_names_the_new_key(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/old.yaml": "# @package _global_\nlogger:\n"
+                                                       "  wandb: false\n"})  # fmt: skip
+    err = cem_error(["run", "--config-dir", str(conf), "run_dir=/tmp/x", "experiment=old"], capsys)
+    assert err[1] == (f"  - {conf}/experiment/old.yaml:3: logger.wandb is now logger.backend "
+                      "(one of wandb, csv); got logger.wandb=false (try backend: csv)")  # fmt: skip
+
+
+def test_a_sweep_stops_before_its_first_job_on_a_later_jobs_bad_file(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/mine.yaml": BAD_EXPERIMENT,
+                                "knowledge/mine.yaml": BAD_KNOWLEDGE,
+                                "table/mine.yaml": "# @package _global_\nhydra:\n  mode: MULTIRUN\n"
+                                "  sweeper:\n    params:\n      knowledge: wiki_offline,mine\n"})  # fmt: skip
+    sweep = tmp_path / "sweep"
+    err = cem_error(["run", "--config-dir", str(conf), "-m", f"hydra.sweep.dir={sweep}",
+                     "experiment=fast,mine"], capsys)  # fmt: skip
+    assert err[1].startswith(f"  - {conf}/experiment/mine.yaml:4: eval.formulation must be")
+    # A table's own axis (the sweeper's params in its file) is composed value by value too.
+    err = cem_error(["run", "--config-dir", str(conf), f"hydra.sweep.dir={sweep}",
+                     f"run_dir={tmp_path / 'run'}", "experiment=fast", "table=mine"], capsys)  # fmt: skip
+    assert err[1].startswith(f"  - {conf}/knowledge/mine.yaml:4: knowledge.sources.1.kind must")
+    assert not sweep.exists()
+
+
+def test_any_other_error_in_a_config_file_is_left_to_hydra(tmp_path, capsys):
+    conf = user_conf(tmp_path, {"experiment/typo.yaml": "# @package _global_\ntrain:\n"
+                                                        "  lr: fast\n"})  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--config-dir", str(conf), "run_dir=/tmp/x", "experiment=typo"])
+    assert stop.value.code == 1  # Hydra's own exit
+    err = capsys.readouterr().err
+    assert "In 'experiment/typo': ValidationError" in err and "full_key: train.lr" in err

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from cem.cli import main
-from cem.config import conf_dir, register_configs
+from cem.config import conf_dir
 from cem.validate import EVAL_CHECKS, ConfigInvalid, validate
 
 
@@ -18,49 +17,41 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
-def compose_cfg(name: str, overrides: list[str] | tuple = ()):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name=name, overrides=list(overrides))
-
-
 @pytest.mark.parametrize("model", options("model"))
-def test_every_model_composes_and_validates(model):
-    cfg = compose_cfg("eval", [f"model={model}", "run_dir=/tmp/x"])
+def test_every_model_composes_and_validates(model, compose):
+    cfg = compose("eval", f"model={model}", "run_dir=/tmp/x")
     assert cfg.model.name == model
     validate(cfg, EVAL_CHECKS)
 
 
 @pytest.mark.parametrize("bench", options("benchmark"))
-def test_every_benchmark_composes(bench):
+def test_every_benchmark_composes(bench, compose):
     overrides = [f"benchmark={bench}"] + ([] if bench == "world" else ["benchmark.path=/data/x"])
-    cfg = compose_cfg("eval", overrides)
+    cfg = compose("eval", *overrides)
     assert cfg.benchmark.name == bench
     validate(cfg, EVAL_CHECKS)
 
 
-def test_file_benchmark_without_path_names_the_key():
-    cfg = compose_cfg("eval", ["benchmark=mmlu"])
+def test_file_benchmark_without_path_names_the_key(compose):
+    cfg = compose("eval", "benchmark=mmlu")
     with pytest.raises(
         ConfigInvalid, match=r"benchmark.path is required for benchmark=mmlu.*try benchmark.path="
     ):
         validate(cfg, EVAL_CHECKS)
 
 
-def test_unknown_key_fails_at_composition():
+def test_unknown_key_fails_at_composition(compose):
     with pytest.raises(ConfigCompositionException):
-        compose_cfg("eval", ["eval.formulaton=cf"])
+        compose("eval", "eval.formulaton=cf")
 
 
-def test_every_problem_is_reported_at_once():
-    cfg = compose_cfg(
+def test_every_problem_is_reported_at_once(compose):
+    cfg = compose(
         "eval",
-        [
-            "eval.max_new_tokens=0",
-            "eval.batch_size=0",
-            "model.max_length=4",
-            "benchmark.pool_fraction=1.5",
-        ],
+        "eval.max_new_tokens=0",
+        "eval.batch_size=0",
+        "model.max_length=4",
+        "benchmark.pool_fraction=1.5",
     )
     with pytest.raises(ConfigInvalid) as err:
         validate(cfg, EVAL_CHECKS)
@@ -72,14 +63,14 @@ def test_every_problem_is_reported_at_once():
     assert len(err.value.problems) == 4
 
 
-def test_world_fractions_must_leave_a_test_set():
-    cfg = compose_cfg("eval", ["benchmark.pool_fraction=0.5", "benchmark.exam_fraction=0.5"])
+def test_world_fractions_must_leave_a_test_set(compose):
+    cfg = compose("eval", "benchmark.pool_fraction=0.5", "benchmark.exam_fraction=0.5")
     with pytest.raises(ConfigInvalid, match="must be < 1 so the test set is not empty"):
         validate(cfg, EVAL_CHECKS)
 
 
-def test_model_needs_exactly_one_source():
-    cfg = compose_cfg("eval", ["model=tiny_random_llama", "model.path=/some/where"])
+def test_model_needs_exactly_one_source(compose):
+    cfg = compose("eval", "model=tiny_random_llama", "model.path=/some/where")
     with pytest.raises(ConfigInvalid, match="exactly one of model.asset, model.path"):
         validate(cfg, EVAL_CHECKS)
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 from _records import eval_record
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cem.assets.bundled import TINY_TOKENIZER_DIR
 from cem.benchmarks.prompts import render
 from cem.benchmarks.schema import MCItem
-from cem.config import ExtractiveConfig, GeneralConfig, ReviewConfig, conf_dir, register_configs
+from cem.config import ExtractiveConfig, GeneralConfig, ReviewConfig, conf_dir
 from cem.curriculum import build as build_mod
 from cem.curriculum import render as render_mod
 from cem.curriculum.build import guard_pairs, run_build, write_train_set
@@ -111,7 +110,7 @@ ALPACA = [
 
 
 @pytest.fixture
-def run(tmp_path, monkeypatch, hydra_conf):
+def run(tmp_path, monkeypatch):
     """A round's run folder with mistakes and knowledge, a benchmark file and a general file."""
     monkeypatch.setattr(render_mod, "load_tokenizer", lambda model: _tokenizer())
     bench = [it.to_dict() for s in COUNTRIES for it in items(s)]
@@ -123,23 +122,10 @@ def run(tmp_path, monkeypatch, hydra_conf):
     return tmp_path
 
 
-@pytest.fixture(scope="module")
-def hydra_conf():
-    """One Hydra context for the module: composing is cheap, initialising is not."""
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        yield
-
-
-def build_cfg(root: Path, *overrides: str):
-    base = [
-        "model=tiny_random_llama",
-        "benchmark=jsonl",
-        f"benchmark.path={root / 'bench.jsonl'}",
-        f"run_dir={root / 'D'}",
-        f"instructions.general.path={root / 'alpaca.jsonl'}",
-    ]
-    return compose(config_name="build", overrides=[*base, *overrides])
+def round_of(root: Path) -> tuple[str, ...]:
+    """The overrides of a ``cem build`` of ``run``'s round: compose("build", *round_of(run))."""
+    return ("model=tiny_random_llama", "benchmark=jsonl", f"benchmark.path={root / 'bench.jsonl'}",
+            f"run_dir={root / 'D'}", f"instructions.general.path={root / 'alpaca.jsonl'}")  # fmt: skip
 
 
 def load_rows(root: Path) -> list[dict]:
@@ -309,10 +295,10 @@ def test_guard_catches_planted_leaks_in_any_row():
 # --- run_build --------------------------------------------------------------------------
 
 
-def test_run_build_writes_rows_and_stats(run):
+def test_run_build_writes_rows_and_stats(run, compose):
     import datasets
 
-    stats = run_build(build_cfg(run, "mix.cit_ratio=0.9"))
+    stats = run_build(compose("build", *round_of(run), "mix.cit_ratio=0.9"))
     path = str(run / "D/train_set/train.parquet")
     rows = datasets.load_dataset("parquet", data_files=path, split="train").to_list()
     assert rows and set(rows[0]) == set(COLUMNS)
@@ -332,8 +318,10 @@ def test_run_build_writes_rows_and_stats(run):
     assert not any(r["source_ids"][0].startswith("exam-") for r in rows if r["kind"] == "normative")
 
 
-def test_retest_keeps_exam_items_and_skips_the_filter(run):
-    stats = run_build(build_cfg(run, "protocol=retest", "instructions=normative_only"))
+def test_retest_keeps_exam_items_and_skips_the_filter(run, compose):
+    stats = run_build(
+        compose("build", *round_of(run), "protocol=retest", "instructions=normative_only")
+    )
     rows = load_rows(run)
     assert stats["protocol"] == "retest" and stats["leak_drops"] is None
     assert stats["normative_sets"] == ["pool", "exam"]
@@ -343,8 +331,8 @@ def test_retest_keeps_exam_items_and_skips_the_filter(run):
 
 
 @pytest.mark.parametrize("paradigm", ["sequential", "cpt_only", "cit_only"])
-def test_run_build_paradigms(run, paradigm):
-    stats = run_build(build_cfg(run, f"paradigm={paradigm}"))
+def test_run_build_paradigms(run, paradigm, compose):
+    stats = run_build(compose("build", *round_of(run), f"paradigm={paradigm}"))
     rows = load_rows(run)
     kinds = {r["kind"] for r in rows}
     if paradigm == "sequential":
@@ -356,14 +344,16 @@ def test_run_build_paradigms(run, paradigm):
         assert "cpt" not in kinds and stats["cit_ratio"] == 1
 
 
-def test_replay_of_earlier_rounds_and_correct_items(run):
+def test_replay_of_earlier_rounds_and_correct_items(run, compose):
     earlier = run / "R1"
     old = [Row(f"old text {i}", "", "cpt", 1, [f"d{i}"], 0, 3) for i in range(10)]
     write_train_set(earlier, old, {})
     write_jsonl(earlier / "knowledge/knowledge.jsonl", [p.to_dict() for p in passages()[:1]])
     records = [eval_record(it.id, "pool", True) for it in items("pool")[:2]]
     write_records(run / "D/eval/records.jsonl", records)
-    cfg = build_cfg(run, "round=2", "replay.fraction=0.5", "replay.correct_items=1")
+    cfg = compose(
+        "build", *round_of(run), "round=2", "replay.fraction=0.5", "replay.correct_items=1"
+    )
     stats = run_build(cfg, earlier_rounds=[earlier])
     replay = [r for r in load_rows(run) if r["kind"] == "replay"]
     assert len([r for r in replay if r["prompt"].startswith("old text")]) == 5
@@ -375,36 +365,33 @@ def test_replay_of_earlier_rounds_and_correct_items(run):
         run_build(cfg, earlier_rounds=[missing])
 
 
-def test_missing_inputs_name_the_command(run):
+def test_missing_inputs_name_the_command(run, compose):
     (run / "D/knowledge/knowledge.jsonl").unlink()
     with pytest.raises(CemError, match=r"knowledge.jsonl not found.*`cem retrieve run_dir=.*`"):
-        run_build(build_cfg(run))
+        run_build(compose("build", *round_of(run)))
     (run / "D/knowledge/knowledge.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"paradigm needs CPT passages.*paradigm=cit_only"):
-        run_build(build_cfg(run))
-    assert run_build(build_cfg(run, "paradigm=cit_only"))["rows"] > 0
+        run_build(compose("build", *round_of(run)))
+    assert run_build(compose("build", *round_of(run), "paradigm=cit_only"))["rows"] > 0
 
 
-def test_bad_rows_of_inputs_name_file_and_line(run):
+def test_bad_rows_of_inputs_name_file_and_line(run, compose):
     write_jsonl(run / "D/knowledge/knowledge.jsonl", [passages()[0].to_dict(), {"text": "x"}])
     with pytest.raises(DataError, match=r"knowledge.jsonl:2: missing field\(s\) source, doc_id"):
-        run_build(build_cfg(run))
+        run_build(compose("build", *round_of(run)))
 
 
-def test_bad_config_values_are_reported_at_once(run):
-    cfg = build_cfg(
-        run,
-        "mix.cit_ratio=1.5",
-        "instructions.extractive.question_source=llm",
-        "instructions.extractive.paraphrases=9",
-    )
+def test_bad_config_values_are_reported_at_once(run, compose):
+    cfg = compose("build", *round_of(run), "mix.cit_ratio=1.5",
+                  "instructions.extractive.question_source=llm",
+                  "instructions.extractive.paraphrases=9")  # fmt: skip
     with pytest.raises(ConfigInvalid) as err:
         run_build(cfg)
     msg = str(err.value)
     assert "mix.cit_ratio must be in [0, 1]; got 1.5 (try mix.cit_ratio=0.5)" in msg
     assert "knowledge.extractor_model must name an instruct model for instructions." in msg
     assert "instructions.extractive.paraphrases must be in [1, 3]; got 9" in msg
-    cfg = build_cfg(run, "mix.cit_ratio=1")
+    cfg = compose("build", *round_of(run), "mix.cit_ratio=1")
     with pytest.raises(
         ConfigInvalid, match=r"mix.cit_ratio=1 leaves no CPT text.*paradigm=cit_only"
     ):
@@ -416,11 +403,11 @@ OPTIONS = {g: sorted(p.stem for p in (conf_dir() / g).glob("*.yaml")) for g in G
 
 
 @pytest.mark.parametrize("i", range(max(map(len, OPTIONS.values()))))
-def test_every_option_composes_and_validates(i, hydra_conf):
+def test_every_option_composes_and_validates(i, compose):
     # Composing is the slow part, so each compose takes the i-th option of every group.
     chosen = {g: opts[i % len(opts)] for g, opts in OPTIONS.items()}
     overrides = [f"{g}={name}" for g, name in chosen.items()]
-    cfg = compose(config_name="build", overrides=[*overrides, "run_dir=/tmp/x"])
+    cfg = compose("build", *overrides, "run_dir=/tmp/x")
     for group, name in chosen.items():
         assert cfg[group].name == name
         first = (conf_dir() / group / f"{name}.yaml").read_text().splitlines()[0]

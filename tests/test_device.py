@@ -11,11 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 from _tiny import tiny_model, tiny_tokenizer
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cem import device as devices
-from cem.config import KnowledgeConfig, SourceConfig, conf_dir, register_configs
+from cem.config import KnowledgeConfig, SourceConfig
 from cem.errors import CemError
 from cem.validate import EVAL_CHECKS, ConfigInvalid, validate
 
@@ -58,12 +57,8 @@ def install_spy(monkeypatch) -> list[str]:
     return asked
 
 
-def eval_cfg(tmp_path, *overrides):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name="eval", overrides=[
-            "model=tiny_random_llama", f"run_dir={tmp_path}", "benchmark.limit=2",
-            "eval.progress=false", *overrides])  # fmt: skip
+# The tiny model on two items of each set: compose("eval", f"run_dir={d}", *TINY_EVAL, ...).
+TINY_EVAL = ("model=tiny_random_llama", "benchmark.limit=2", "eval.progress=false")
 
 
 # --- the rule ---------------------------------------------------------------------------
@@ -97,8 +92,8 @@ def test_bad_values_name_the_key_and_the_fix(two_gpus):
 
 
 @pytest.mark.parametrize("spec", ["cuda", "cuda:0"])
-def test_cuda_without_cuda_is_a_config_error_before_compute(tmp_path, no_cuda, spec):
-    cfg = eval_cfg(tmp_path, f"model.device={spec}")
+def test_cuda_without_cuda_is_a_config_error_before_compute(tmp_path, no_cuda, spec, compose):
+    cfg = compose("eval", f"run_dir={tmp_path}", *TINY_EVAL, f"model.device={spec}")
     with pytest.raises(ConfigInvalid) as err:
         validate(cfg, EVAL_CHECKS)
     assert f"model.device={spec} needs a CUDA GPU and none is visible (try model.device=auto)" in (
@@ -121,26 +116,27 @@ def _stop_at(monkeypatch, module, name, model_arg=0):
 
 
 @pytest.mark.parametrize("mode", ["loglik", "generate"])
-def test_eval_scores_where_the_resolver_says(tmp_path, spy, monkeypatch, mode):
+def test_eval_scores_where_the_resolver_says(tmp_path, spy, monkeypatch, mode, compose):
     from cem.evaluation import generate, scorer
     from cem.evaluation.runner import run_eval
 
     _stop_at(monkeypatch, scorer, "score_requests")
     _stop_at(monkeypatch, generate, "generate_texts")
     with pytest.raises(Reached) as hit:
-        run_eval(eval_cfg(tmp_path, f"eval.mode={mode}", "model.device=cpu"))
+        run_eval(compose("eval", f"run_dir={tmp_path}", *TINY_EVAL, f"eval.mode={mode}",
+                         "model.device=cpu"))  # fmt: skip
     assert hit.value.device == SENTINEL
     assert spy == ["cpu"]  # the job's model.device, asked once
 
 
-def test_the_general_probe_scores_the_same_model(tmp_path, spy, monkeypatch):
+def test_the_general_probe_scores_the_same_model(tmp_path, spy, monkeypatch, compose):
     from cem.evaluation import probe, scorer
     from cem.evaluation.runner import run_eval
 
     monkeypatch.setattr(scorer, "score_requests", _fake_scores)
     _stop_at(monkeypatch, probe, "general_nll")
     with pytest.raises(Reached) as hit:
-        run_eval(eval_cfg(tmp_path))
+        run_eval(compose("eval", f"run_dir={tmp_path}", *TINY_EVAL))
     assert hit.value.device == SENTINEL
 
 

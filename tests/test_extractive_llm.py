@@ -9,22 +9,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 from test_curriculum import (
     ALPACA,
     COUNTRIES,
     PASSAGES,
     _tokenizer,
-    build_cfg,
     items,
     load_rows,
     mistake,
     passages,
+    round_of,
     write_jsonl,
 )
 
-from cem.config import ExtractiveConfig, conf_dir, register_configs
+from cem.config import ExtractiveConfig
 from cem.curriculum import render as render_mod
 from cem.curriculum.extractive import (
     BLANK,
@@ -195,15 +195,8 @@ def test_closed_book_only_and_missing_generator():
 LLM = "instructions.extractive.question_source=llm"
 
 
-@pytest.fixture(scope="module")
-def hydra_conf():
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        yield
-
-
 @pytest.fixture
-def root(tmp_path, monkeypatch, hydra_conf):
+def root(tmp_path, monkeypatch):
     """test_curriculum's round: the exam items as mistakes, one passage each, a benchmark file."""
     monkeypatch.setattr(render_mod, "load_tokenizer", lambda model: _tokenizer())
     write_jsonl(tmp_path / "bench.jsonl", [it.to_dict() for s in COUNTRIES for it in items(s)])
@@ -216,7 +209,7 @@ def root(tmp_path, monkeypatch, hydra_conf):
 def build(root, *overrides):
     from cem.curriculum.build import run_build
 
-    return run_build(build_cfg(root, *overrides))
+    return run_build(compose_config("build", *round_of(root), *overrides))
 
 
 def test_llm_questions_need_the_extractor_model(root):

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 from _fake_api import ARTICLE_A, HOSTILE, FakeAPI, recorded_connects
-from hydra import compose, initialize_config_dir
 
-from cem.config import conf_dir, register_configs
 from cem.io import read_json, read_jsonl, write_jsonl
 from cem.knowledge.http import HttpClient, HttpError
 from cem.knowledge.net import AddressPolicy, is_public
@@ -190,7 +188,7 @@ def test_a_bad_allow_list_entry_is_caught_by_validation():
 
 
 def test_every_refusal_is_counted_in_stats_json_and_logged_and_the_round_goes_on(
-    api, tmp_path, caplog
+    api, tmp_path, caplog, compose
 ):
     """`cem retrieve` through SearXNG whose results list every hostile page."""
     bench = tmp_path / "bench.jsonl"
@@ -202,17 +200,15 @@ def test_every_refusal_is_counted_in_stats_json_and_logged_and_the_round_goes_on
                 "margin": 0.5, "correct": False, "correct_norm": False}]  # fmt: skip
     write_jsonl(tmp_path / "run" / "eval" / "records.jsonl", records)
     src = "knowledge.sources.0"
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        cfg = compose("retrieve", overrides=[
-            f"run_dir={tmp_path / 'run'}", "model=tiny_random_llama", "benchmark=jsonl",
-            f"benchmark.path={bench}", "knowledge=web_search",
-            f"knowledge.search.endpoint={api.url('/searxng')}",
-            "knowledge.allowed_private_hosts=[127.0.0.1]",
-            f"{src}.cache_dir={tmp_path / 'http'}", f"{src}.fetch_pages=20", f"{src}.retries=1",
-            f"{src}.backoff_s=0.01", f"{src}.rate_limit_per_s=1000", f"{src}.page_timeout_s=1.0",
-            f"{src}.page_max_bytes={CAP}",
-        ])  # fmt: skip
+    cfg = compose("retrieve",
+        f"run_dir={tmp_path / 'run'}", "model=tiny_random_llama", "benchmark=jsonl",
+        f"benchmark.path={bench}", "knowledge=web_search",
+        f"knowledge.search.endpoint={api.url('/searxng')}",
+        "knowledge.allowed_private_hosts=[127.0.0.1]",
+        f"{src}.cache_dir={tmp_path / 'http'}", f"{src}.fetch_pages=20", f"{src}.retries=1",
+        f"{src}.backoff_s=0.01", f"{src}.rate_limit_per_s=1000", f"{src}.page_timeout_s=1.0",
+        f"{src}.page_max_bytes={CAP}",
+    )  # fmt: skip
     caplog.set_level(logging.INFO, logger="cem")
     t0 = time.monotonic()
     run_retrieve(cfg)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
-from cem.config import RunJob, conf_dir, register_configs
+from cem.config import RunJob
 from cem.loop.run import check_run
 from cem.validate import override_problems
 
@@ -41,15 +41,10 @@ BAD = [
 TRY = re.compile(r"\(try (.+)\)$")
 
 
-def compose_run(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name="run", overrides=[*BASE, *overrides])
-
-
 def problems_of(overrides: list[str]) -> list[str]:
     """What ``cem run`` reports for these overrides, as its command line does."""
-    return override_problems(RunJob, [*BASE, *overrides]) or check_run(compose_run(overrides))
+    problems = override_problems(RunJob, [*BASE, *overrides])
+    return problems or check_run(compose_config("run", *BASE, *overrides))
 
 
 def fixes(problem: str) -> list[list[str]]:
@@ -71,7 +66,7 @@ def apply(bad: list[str], fix: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("bad", BAD, ids=lambda b: " ".join(b))
-def test_each_suggested_fix_composes_and_clears_its_problem(bad):
+def test_each_suggested_fix_composes_and_clears_its_problem(bad, compose):
     problems = problems_of(bad)
     assert problems, f"{bad} is not reported"
     for problem in problems:
@@ -79,7 +74,7 @@ def test_each_suggested_fix_composes_and_clears_its_problem(bad):
         assert alternatives, f"no fix suggested: {problem}"
         for fix in alternatives:
             fixed = apply(bad, fix)
-            compose_run(fixed)  # raises if the fix is not an override
+            compose("run", *BASE, *fixed)  # raises if the fix is not an override
             assert problem not in problems_of(fixed), (fix, problem)
 
 

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cem.choices", "cem.config", "cem.layout", "cem.records"),
     ("cem.models",),
     ("cem.benchmarks",),
-    ("cem.validate",),  # each stage's config checks that need no stage of their own
+    ("cem.validate", "cem.composition"),  # config checks that need no stage of their own
     ("cem.evaluation",),
     ("cem.knowledge",),
     ("cem.curriculum",),

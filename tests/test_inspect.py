@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from _chromium import WHY_ABSENT, Chromium, chromium_path
-from test_loop import FAST, compose_run
+from test_loop import FAST
 
 from cem.cli import main
 from cem.errors import CemError
@@ -26,9 +26,9 @@ ALL_ITEMS = (*FAST, "benchmark.limit=null")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(tmp_path_factory, compose) -> Path:
     root = tmp_path_factory.mktemp("inspect") / "run"
-    run_loop(compose_run(f"run_dir={root}", *ALL_ITEMS))
+    run_loop(compose("run", f"run_dir={root}", *ALL_ITEMS))
     return root
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import RESUME, compose_train, small_set, uninterrupted, write_set  # noqa: F401
+from test_training import RESUME, TINY, small_set, uninterrupted, write_set  # noqa: F401
 
 from cem.cli import main
 from cem.io import read_json, write_json, write_jsonl
@@ -102,6 +102,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_over(
     capsys,
     uninterrupted,  # noqa: F811 - test_training's fixture
     damage,
+    compose,
 ):
     ref_dir, ref = uninterrupted
     write_set(tmp_path, small_set())
@@ -113,7 +114,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_over(
     )
     if damage == "bit-flipped":
         flip_a_byte(ckpt, len(good) // 2)
-    m = run_train(compose_train(tmp_path, *RESUME))
+    m = run_train(compose("train", f"run_dir={tmp_path}", *TINY, *RESUME))
     err = capsys.readouterr().err
     assert "is not a whole checkpoint" in err and "starts from the beginning" in err
     assert "resuming from" not in err

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from _records import eval_record
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from cem.config import conf_dir, register_configs
+from cem.config import conf_dir
 from cem.errors import CemError
 from cem.io import read_json, read_jsonl, write_json
 from cem.layout import RoundDir, read_marker
@@ -26,12 +25,6 @@ from cem.loop.plots import plot_summary
 from cem.loop.run import check_run, run_loop, stop_reason
 from cem.loop.summary import build_summary, efficiency, forgetting, gains, report
 from cem.records import EvalRecord, RunSummary, read_summary, write_records
-
-
-def compose_run(*overrides: str):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name="run", overrides=list(overrides))
 
 
 def rec(set_: str, id_: str, correct: bool) -> EvalRecord:
@@ -179,22 +172,22 @@ def test_stop_reasons():
 @pytest.mark.parametrize(
     "experiment", sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 )
-def test_every_experiment_composes_and_validates(experiment):
-    cfg = compose_run(f"experiment={experiment}", "run_dir=/tmp/x")
+def test_every_experiment_composes_and_validates(experiment, compose):
+    cfg = compose("run", f"experiment={experiment}", "run_dir=/tmp/x")
     assert check_run(cfg) == []
 
 
 @pytest.mark.parametrize("logger", ["csv", "wandb"])
-def test_defaults_validate_and_seeds_follow_seed(logger):
-    cfg = compose_run("seed=3", f"logger={logger}", "run_dir=/tmp/x")
+def test_defaults_validate_and_seeds_follow_seed(logger, compose):
+    cfg = compose("run", "seed=3", f"logger={logger}", "run_dir=/tmp/x")
     assert check_run(cfg) == []
-    assert cfg.logger.name == logger
+    assert cfg.logger.backend == logger
     seeds = (cfg.benchmark.seed, cfg.mistakes.seed, cfg.mix.seed, cfg.replay.seed, cfg.train.seed)
     assert seeds == (3, 3, 3, 3, 3)  # the world split rotates with the seed
 
 
-def test_every_problem_is_reported_with_its_fix():
-    cfg = compose_run("run_dir=/tmp/x", "loop.rounds=0", "mix.cit_ratio=1.5", "loop.patience=0",
+def test_every_problem_is_reported_with_its_fix(compose):
+    cfg = compose("run", "run_dir=/tmp/x", "loop.rounds=0", "mix.cit_ratio=1.5", "loop.patience=0",
                       "train.lr=0", "eval.sets=[test]")  # fmt: skip
     problems = check_run(cfg)
     assert "loop.rounds must be >= 1; got 0 (try loop.rounds=2)" in problems
@@ -205,11 +198,11 @@ def test_every_problem_is_reported_with_its_fix():
     assert len(problems) == 5, problems
 
 
-def test_unknown_group_option_lists_the_allowed_ones():
+def test_unknown_group_option_lists_the_allowed_ones(compose):
     with pytest.raises(ConfigCompositionException, match=r"(?s)logger/tensorboard.*csv.*wandb"):
-        compose_run("logger=tensorboard")
+        compose("run", "logger=tensorboard")
     with pytest.raises(ConfigCompositionException, match=r"(?s)experiment/huge.*fast"):
-        compose_run("experiment=huge")
+        compose("run", "experiment=huge")
 
 
 def test_cli_bad_overrides_exit_2_before_compute(tmp_path):
@@ -230,9 +223,9 @@ FAST = ("experiment=fast", "eval.progress=false")
 
 
 @pytest.fixture(scope="module")
-def fast_run(tmp_path_factory):
+def fast_run(tmp_path_factory, compose):
     root = tmp_path_factory.mktemp("loop") / "run"
-    return root, run_loop(compose_run(f"run_dir={root}", *FAST))
+    return root, run_loop(compose("run", f"run_dir={root}", *FAST))
 
 
 @pytest.mark.e2e
@@ -301,7 +294,7 @@ def test_loop_diagnoses_each_round_and_gives_paired_intervals(fast_run):
 
 
 @pytest.mark.e2e
-def test_a_finished_run_is_not_recomputed(fast_run, monkeypatch):
+def test_a_finished_run_is_not_recomputed(fast_run, monkeypatch, compose):
     root, summary = fast_run
 
     def boom(*args, **kwargs):
@@ -309,23 +302,23 @@ def test_a_finished_run_is_not_recomputed(fast_run, monkeypatch):
 
     for name in ("eval_task", "retrieve_task", "build_task", "warmup_build_task", "train_task"):
         monkeypatch.setattr(stages, name, boom)
-    assert run_loop(compose_run(f"run_dir={root}", *FAST)) == summary
+    assert run_loop(compose("run", f"run_dir={root}", *FAST)) == summary
 
 
 @pytest.mark.e2e
-def test_a_run_continues_only_with_its_own_config(fast_run):
+def test_a_run_continues_only_with_its_own_config(fast_run, compose):
     root, _ = fast_run
     with pytest.raises(CemError, match=r"another config \(mix.cit_ratio: 0.5 -> 0.25\)"):
-        run_loop(compose_run(f"run_dir={root}", *FAST, "mix.cit_ratio=0.25"))
+        run_loop(compose("run", f"run_dir={root}", *FAST, "mix.cit_ratio=0.25"))
 
 
 @pytest.mark.e2e
-def test_wandb_logger_in_disabled_mode(fast_run, monkeypatch):
+def test_wandb_logger_in_disabled_mode(fast_run, monkeypatch, compose):
     from cem.loop.mirror import RunLogger
 
     root, summary = fast_run
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    cfg = compose_run(f"run_dir={root}", *FAST, "logger=wandb")
+    cfg = compose("run", f"run_dir={root}", *FAST, "logger=wandb")
     logger = RunLogger(cfg, root)
     try:
         logger.update(summary, final=True)
@@ -414,7 +407,7 @@ def test_prune_keeps_what_a_later_stage_needs(tmp_path, keep, final, left):
 
 
 @pytest.mark.e2e
-def test_a_finished_run_is_reused_by_an_identical_job(fast_run, tmp_path, monkeypatch):
+def test_a_finished_run_is_reused_by_an_identical_job(fast_run, tmp_path, monkeypatch, compose):
     root, summary = fast_run
 
     def boom(*args, **kwargs):
@@ -423,19 +416,19 @@ def test_a_finished_run_is_reused_by_an_identical_job(fast_run, tmp_path, monkey
     for name in ("eval_task", "retrieve_task", "build_task", "warmup_build_task", "train_task"):
         monkeypatch.setattr(stages, name, boom)
     # Another folder and result-neutral differences (logging, kept models): the same run.
-    again = run_loop(compose_run(f"run_dir={tmp_path / 'again'}", *FAST, "logger.group=other",
+    again = run_loop(compose("run", f"run_dir={tmp_path / 'again'}", *FAST, "logger.group=other",
                                  "loop.keep_models=all", "loop.reuse_runs=true"))  # fmt: skip
     assert [e.metrics for e in again.rounds] == [e.metrics for e in summary.rounds]
     assert again.gains == summary.gains
     assert (tmp_path / "again" / "round_2" / "diagnostics.json").is_file()
     # A result-changing key is another run: its stages must run.
     with pytest.raises(AssertionError, match="ran again"):
-        run_loop(compose_run(f"run_dir={tmp_path / 'other'}", *FAST, "mix.cit_ratio=0.25",
+        run_loop(compose("run", f"run_dir={tmp_path / 'other'}", *FAST, "mix.cit_ratio=0.25",
                              "loop.reuse_runs=true"))  # fmt: skip
 
 
 @pytest.mark.e2e
-def test_a_changed_file_reruns_its_stage_or_says_why_it_cannot(fast_run, tmp_path, capsys):
+def test_a_changed_file_reruns_its_stage_or_says_why_it_cannot(fast_run, tmp_path, capsys, compose):
     import shutil
 
     ref, summary = fast_run
@@ -443,7 +436,7 @@ def test_a_changed_file_reruns_its_stage_or_says_why_it_cannot(fast_run, tmp_pat
     shutil.copytree(ref, root, symlinks=True)
     records = root / "round_3/eval/records.jsonl"
     records.write_text(records.read_text().replace('"correct": true', '"correct": false', 1))
-    again = run_loop(compose_run(f"run_dir={root}", *FAST))  # round 3 is scored again
+    again = run_loop(compose("run", f"run_dir={root}", *FAST))  # round 3 is scored again
     assert [r.metrics for r in again.rounds] == [r.metrics for r in summary.rounds]
     assert again.gains == summary.gains
     err = capsys.readouterr().err
@@ -456,5 +449,5 @@ def test_a_changed_file_reruns_its_stage_or_says_why_it_cannot(fast_run, tmp_pat
     weights.write_bytes(bytes(data))
     with pytest.raises(CemError, match=r"round_2/train must run again but the model it starts "
                                        r"from, .*round_1/model, is gone"):  # fmt: skip
-        run_loop(compose_run(f"run_dir={root}", *FAST))
+        run_loop(compose("run", f"run_dir={root}", *FAST))
     assert f"{weights} does not match its sha256" in capsys.readouterr().err

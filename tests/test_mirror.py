@@ -15,7 +15,7 @@ import pytest
 from _records import entry, run_summary
 from _wandb_file import read_run, run_files
 from omegaconf import OmegaConf
-from test_loop import FAST, compose_run
+from test_loop import FAST
 
 from cem.io import read_json, read_jsonl, write_json
 from cem.layout import RoundDir, read_marker
@@ -67,7 +67,7 @@ def test_csv_steps_keep_each_step_once_and_the_resumed_values(tmp_path):
 ROUND_0_ONLY = RunSummary.from_json(run_summary([entry(0, {})]))
 
 
-def test_a_continued_run_sends_every_step_once_in_rising_order(tmp_path):
+def test_a_continued_run_sends_every_step_once_in_rising_order(tmp_path, compose):
     """Killed in round 1's training after step 2 (checkpoint at step 2): the continued
     process's W&B run gets the warm-up from its CSV, round 1's first steps from the killed
     process's CSV, then the live steps, on one axis with the warm-up's steps before."""
@@ -76,7 +76,7 @@ def test_a_continued_run_sends_every_step_once_in_rising_order(tmp_path):
     write_log(warm, 0, range(0, 3), loss=1)
     finished(warm, 3)
     write_log(r1, 0, range(0, 3), loss=10)
-    mirror = RunLogger(compose_run(f"run_dir={root}", *FAST), root)  # logger=csv: no W&B
+    mirror = RunLogger(compose("run", f"run_dir={root}", *FAST), root)  # logger=csv: no W&B
     mirror.run = FakeRun()
     assert step_base(root, r1) == 3 and step_base(root, warm) == 0
     for step in (2, 3):  # the continued training logs from its checkpoint's step on
@@ -108,8 +108,8 @@ def hydra_job(root: Path, *overrides: str) -> Path:
     return root
 
 
-def test_job_type_is_the_row_of_cem_report(tmp_path):
-    cfg = compose_run("run_dir=/tmp/x", "table=paradigm")
+def test_job_type_is_the_row_of_cem_report(tmp_path, compose):
+    cfg = compose("run", "run_dir=/tmp/x", "table=paradigm")
     jobs = [hydra_job(tmp_path / f"s{seed}", "table=paradigm", "paradigm=cpt_only",
                       f"seed={seed}", "logger=wandb", "logger.tags=[a]") for seed in (0, 1)]  # fmt: skip
     assert [job_type(cfg, j) for j in jobs] == ["paradigm=cpt_only"] * 2

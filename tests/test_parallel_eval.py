@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from _tiny import tiny_model, tiny_tokenizer
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
-from cem.config import conf_dir, register_configs
 from cem.errors import ConfigError
 from cem.evaluation.generate import generate_texts
 from cem.evaluation.parallel import Ranks, _fill, check_devices
@@ -28,13 +27,6 @@ OUTPUTS = ("records.jsonl", "metrics.json", "general.json")
 # Enough items for several chunks of several batches on each rank.
 OVERRIDES = ["model=tiny_random_llama", "benchmark.limit=5", "eval.batch_size=2",
              "eval.chunk_size=7", "eval.progress=false"]  # fmt: skip
-
-
-def eval_cfg(run_dir: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name="eval", overrides=[*OVERRIDES, f"run_dir={run_dir}",
-                                                      *overrides])  # fmt: skip
 
 
 @contextmanager
@@ -52,7 +44,7 @@ def reference(tmp_path: Path, *overrides: str) -> Path:
     from cem.evaluation.runner import run_eval
 
     with one_thread():
-        run_eval(eval_cfg(tmp_path / "one", *overrides))
+        run_eval(compose_config("eval", *OVERRIDES, f"run_dir={tmp_path / 'one'}", *overrides))
     return tmp_path / "one" / "eval"
 
 
@@ -92,15 +84,18 @@ def test_the_shares_of_two_ranks_merge_into_one_process_s_scores():
     assert _fill(parts) == texts
 
 
-def test_device_counts_are_checked_before_any_rank_starts(tmp_path, monkeypatch):
+def test_device_counts_are_checked_before_any_rank_starts(tmp_path, monkeypatch, compose):
+    def two_ranks(device: str):
+        return compose("eval", *OVERRIDES, f"run_dir={tmp_path}", "eval.devices=2", device)
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match=r"eval.devices must be at most the 1 visible GPUs; "
                        r"got 2 \(try eval.devices=1\)"):  # fmt: skip
-        check_devices(eval_cfg(tmp_path, "eval.devices=2", "model.device=auto"))
-    check_devices(eval_cfg(tmp_path, "eval.devices=2", "model.device=cpu"))  # CPU ranks: any N
+        check_devices(two_ranks("model.device=auto"))
+    check_devices(two_ranks("model.device=cpu"))  # CPU ranks: any N
     with pytest.raises(ConfigError, match=r"model.device names one GPU .*model.device=auto"):
-        check_devices(eval_cfg(tmp_path, "eval.devices=2", "model.device=cuda:0"))
+        check_devices(two_ranks("model.device=cuda:0"))
 
 
 # --- two gloo processes ------------------------------------------------------------------
@@ -124,22 +119,20 @@ def test_torchrun_cem_eval_writes_one_process_s_files(tmp_path):
 
 
 @pytest.mark.e2e
-def test_eval_devices_starts_the_ranks_itself(tmp_path, monkeypatch):
+def test_eval_devices_starts_the_ranks_itself(tmp_path, monkeypatch, compose):
     """``eval.devices=2`` (what ``cem run`` passes to its eval stages), in generate mode."""
     from cem.evaluation.runner import run_eval
 
     for key, value in child_env().items():
         monkeypatch.setenv(key, value)
     one = reference(tmp_path, "eval.mode=generate", "eval.max_new_tokens=4")
-    metrics = run_eval(eval_cfg(tmp_path / "two", "eval.mode=generate", "eval.max_new_tokens=4",
-                                "eval.devices=2"))  # fmt: skip
+    metrics = run_eval(compose("eval", *OVERRIDES, f"run_dir={tmp_path / 'two'}",
+                               "eval.mode=generate", "eval.max_new_tokens=4", "eval.devices=2"))  # fmt: skip
     assert_same_files(one, tmp_path / "two" / "eval")
     assert json.loads(json.dumps(metrics)) == json.loads((one / "metrics.json").read_text())
 
 
-def test_cem_run_s_eval_stages_start_eval_devices_ranks(tmp_path, monkeypatch):
-    from test_tables import compose_run
-
+def test_cem_run_s_eval_stages_start_eval_devices_ranks(tmp_path, monkeypatch, compose):
     from cem.evaluation import runner
     from cem.loop import stages
 
@@ -150,7 +143,7 @@ def test_cem_run_s_eval_stages_start_eval_devices_ranks(tmp_path, monkeypatch):
         return {"exam": {"acc": 0.5, "n": 2}}
 
     monkeypatch.setattr(runner, "launch", launch)
-    cfg = compose_run("model=tiny_random_llama", "eval.devices=2", f"run_dir={tmp_path}")
+    cfg = compose("run", "model=tiny_random_llama", "eval.devices=2", f"run_dir={tmp_path}")
     folder = tmp_path / "round_0"
     assert stages.eval_task(cfg, folder, None, ["exam"]) == {"exam": {"acc": 0.5, "n": 2}}
     assert started == [(2, ["exam"], folder)]

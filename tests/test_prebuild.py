@@ -7,13 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_knowledge_sources import FakeEmbedder
 
 from cem.assets.cli import main as assets_main
 from cem.assets.registry import ASSETS
-from cem.config import conf_dir, register_configs
 from cem.knowledge import dense, prebuild
 
 MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
@@ -48,10 +46,8 @@ def test_fetch_builds_after_the_assets(monkeypatch, capsys):
     )
 
 
-def test_the_prebuilt_source_is_the_one_a_run_composes():
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        cfg = compose(config_name="run", overrides=["knowledge=wiki_dense"])
+def test_the_prebuilt_source_is_the_one_a_run_composes(compose):
+    cfg = compose("run", "knowledge=wiki_dense")
     run_side = OmegaConf.to_container(cfg.knowledge.sources[0], resolve=True)
     assert OmegaConf.to_container(prebuild.source_config("wiki_dense")) == run_side
 

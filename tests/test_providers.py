@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 from _fake_api import ARTICLE_A, FakeAPI
-from hydra import compose, initialize_config_dir
 
 from cem.choices import SearchProvider
-from cem.config import SourceConfig, conf_dir, register_configs
+from cem.config import SourceConfig, conf_dir
 from cem.io import write_jsonl
 from cem.knowledge.online import SearchDenied, WebSearchSource
 from cem.knowledge.providers import PROVIDERS, check_web_search
@@ -183,26 +182,19 @@ def test_config_problems_name_the_key_and_the_variable(monkeypatch):
         )
 
 
-def compose_run(*overrides: str):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose("run", overrides=["run_dir=/tmp/x", *overrides])
-
-
 @pytest.mark.parametrize("name", list(ENDPOINTS))
-def test_knowledge_search_points_web_search_and_mix_at_a_provider(name):
+def test_knowledge_search_points_web_search_and_mix_at_a_provider(name, compose):
     for knowledge, i in (("web_search", 0), ("mix", 1)):
-        cfg = compose_run(f"knowledge={knowledge}", f"knowledge/search={name}")
+        cfg = compose("run", "run_dir=/tmp/x", f"knowledge={knowledge}", f"knowledge/search={name}")
         src = cfg.knowledge.sources[i]
         assert (src.provider, src.endpoint) == (name, cfg.knowledge.search.endpoint)
         assert src.api_key_env == cfg.knowledge.search.api_key_env
 
 
-def test_a_missing_key_is_caught_before_round_0(monkeypatch, tmp_path):
+def test_a_missing_key_is_caught_before_round_0(monkeypatch, tmp_path, compose):
     monkeypatch.delenv("TAVILY_API_KEY", raising=False)
-    problems = check_run(
-        compose_run("table=knowledge_source", "knowledge=mix", "knowledge/search=tavily")
-    )
+    problems = check_run(compose("run", "run_dir=/tmp/x", "table=knowledge_source",
+                                 "knowledge=mix", "knowledge/search=tavily"))  # fmt: skip
     assert any("knowledge.sources.1.api_key_env names TAVILY_API_KEY, which is not set" in p
                for p in problems)  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "BRAVE_API_KEY"}

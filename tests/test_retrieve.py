@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cem.config import conf_dir, register_configs
 from cem.errors import CemError
 from cem.io import read_json, read_jsonl, write_jsonl
 from cem.knowledge.retrieve import run_retrieve
@@ -33,6 +31,8 @@ CORPUS = [
 
 @pytest.fixture
 def run(tmp_path):
+    """The round folder (tmp_path/run) with its eval records, and the overrides of a ``cem
+    retrieve`` there: the tiny model, the benchmark file, the corpus file."""
     bench = tmp_path / "bench.jsonl"
     write_jsonl(bench, [{"id": f"q{i}", "question": q, "choices": c, "answer": a}
                         for i, (q, c, a) in enumerate(ITEMS)])  # fmt: skip
@@ -47,23 +47,16 @@ def run(tmp_path):
                         "pred_norm": a, "scores": None, "margin": 0.05 if correct else 0.5,
                         "correct": correct, "correct_norm": True})  # fmt: skip
     write_jsonl(tmp_path / "run" / "eval" / "records.jsonl", records)
-    return tmp_path, bench, corpus
+    return tmp_path, (
+        f"run_dir={tmp_path / 'run'}", "model=tiny_random_llama", "benchmark=jsonl",
+        f"benchmark.path={bench}", "knowledge=local_corpus",
+        f"knowledge.sources.0.path={corpus}", f"knowledge.sources.0.index_dir={tmp_path / 'idx'}",
+    )  # fmt: skip
 
 
-def compose_retrieve(tmp_path, bench, corpus, *extra):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose("retrieve", overrides=[
-            f"run_dir={tmp_path / 'run'}", "model=tiny_random_llama", "benchmark=jsonl",
-            f"benchmark.path={bench}", "knowledge=local_corpus",
-            f"knowledge.sources.0.path={corpus}", f"knowledge.sources.0.index_dir={tmp_path / 'idx'}",
-            *extra,
-        ])  # fmt: skip
-
-
-def test_retrieve_writes_mistakes_knowledge_and_stats(run):
-    tmp_path, bench, corpus = run
-    stats = run_retrieve(compose_retrieve(tmp_path, bench, corpus, "mistakes.margin_threshold=0.1"))
+def test_retrieve_writes_mistakes_knowledge_and_stats(run, compose):
+    tmp_path, overrides = run
+    stats = run_retrieve(compose("retrieve", *overrides, "mistakes.margin_threshold=0.1"))
     mistakes = read_jsonl(tmp_path / "run" / "mistakes" / "mistakes.jsonl")
     assert [(m["id"], m["reason"]) for m in mistakes] == [
         ("q0", "wrong"),
@@ -88,14 +81,14 @@ def test_retrieve_writes_mistakes_knowledge_and_stats(run):
     assert by_mistake == {"q0", "q1", "q2"}
 
 
-def test_retrieve_without_records_says_what_to_run(run):
-    tmp_path, bench, corpus = run
+def test_retrieve_without_records_says_what_to_run(run, compose):
+    tmp_path, overrides = run
     (tmp_path / "run" / "eval" / "records.jsonl").unlink()
     with pytest.raises(CemError, match=r"run `cem eval run_dir=.*` first"):
-        run_retrieve(compose_retrieve(tmp_path, bench, corpus))
+        run_retrieve(compose("retrieve", *overrides))
 
 
-def test_llm_extractor_needs_a_model(run):
-    tmp_path, bench, corpus = run
+def test_llm_extractor_needs_a_model(run, compose):
+    _, overrides = run
     with pytest.raises(CemError, match="knowledge.extractor_model must name an instruct model"):
-        run_retrieve(compose_retrieve(tmp_path, bench, corpus, "knowledge.extractor=llm"))
+        run_retrieve(compose("retrieve", *overrides, "knowledge.extractor=llm"))

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import compose_train, small_set, write_set
+from test_training import TINY, small_set, write_set
 
 from cem import signals
 from cem.io import atomic_open, read_json
@@ -78,13 +78,13 @@ def test_a_signal_waits_for_the_atomic_write_in_progress(tmp_path, handled):
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory):
+def references(tmp_path_factory, compose):
     """Uninterrupted trainings, one per gradient accumulation."""
     out = {}
     for accum in (1, 2):
         d = tmp_path_factory.mktemp(f"ref{accum}")
         write_set(d, small_set())
-        run_train(compose_train(d, *TRAIN, f"train.grad_accum={accum}"))
+        run_train(compose("train", f"run_dir={d}", *TINY, *TRAIN, f"train.grad_accum={accum}"))
         out[accum] = d
     return out
 

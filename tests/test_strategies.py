@@ -10,7 +10,7 @@ import pytest
 import torch
 from _tiny import tiny_model, tiny_tokenizer
 from omegaconf import OmegaConf
-from test_training import LORA, compose_train, small_set, write_set
+from test_training import LORA, TINY, small_set, write_set
 
 from cem.training import checks, strategies
 from cem.training.finetune import merged, prepare, save
@@ -32,10 +32,11 @@ def lora_model():
 
 
 @pytest.mark.parametrize("trainer", ["fsdp", "deepspeed", "deepspeed_zero2", "deepspeed_zero3"])
-def test_sharded_presets_are_refused_without_cuda_before_compute(tmp_path, no_cuda, trainer):
+def test_sharded_presets_are_refused_without_cuda_before_compute(tmp_path, no_cuda, trainer,
+                                                                   compose):  # fmt: skip
     write_set(tmp_path, small_set())
     with pytest.raises(ConfigInvalid) as err:
-        run_train(compose_train(tmp_path, f"trainer={trainer}"))
+        run_train(compose("train", f"run_dir={tmp_path}", *TINY, f"trainer={trainer}"))
     strategy = {"fsdp": "fsdp", "deepspeed_zero3": "deepspeed_stage_3"}.get(
         trainer, "deepspeed_stage_2"
     )
@@ -60,9 +61,9 @@ def test_deepspeed_without_the_package_names_the_install(monkeypatch):
     assert checks.check_devices(OmegaConf.create({"strategy": "fsdp"})) == []
 
 
-def test_the_zero3_preset_shards_the_weights_too(tmp_path):
-    zero2 = compose_train(tmp_path, "trainer=deepspeed").trainer
-    zero3 = compose_train(tmp_path, "trainer=deepspeed_zero3").trainer
+def test_the_zero3_preset_shards_the_weights_too(tmp_path, compose):
+    zero2 = compose("train", f"run_dir={tmp_path}", *TINY, "trainer=deepspeed").trainer
+    zero3 = compose("train", f"run_dir={tmp_path}", *TINY, "trainer=deepspeed_zero3").trainer
     assert zero2.strategy == "deepspeed_stage_2" and zero3.strategy == "deepspeed_stage_3"
     assert {**zero3, "strategy": None} == {**zero2, "strategy": None}
 
@@ -146,34 +147,34 @@ def test_the_merge_runs_on_the_resolved_device(tmp_path, monkeypatch):
     assert (tmp_path / "model" / "model.safetensors").is_file()  # one shard under 5GB
 
 
-def test_slurm_starts_one_task_per_gpu_on_trainer_num_nodes():
-    from test_tables import compose_run
-
-    cfg = compose_run("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
+def test_slurm_starts_one_task_per_gpu_on_trainer_num_nodes(compose):
+    cfg = compose("run", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
                       "trainer=ddp", "trainer.num_nodes=2", hydra=True)  # fmt: skip
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["tasks_per_node"] == 4 and launcher["nodes"] == 2
     assert cfg.trainer.devices == -1  # every GPU of the node: one rank per task
 
 
-def test_a_bad_shard_size_names_the_key_and_the_fix(tmp_path):
+def test_a_bad_shard_size_names_the_key_and_the_fix(tmp_path, compose):
     from cem.training.train import check_train
 
-    assert check_train(compose_train(tmp_path, "train.max_shard_size=5gigs").train) == [
+    def problems(size: str) -> list[str]:
+        cfg = compose("train", f"run_dir={tmp_path}", *TINY, f"train.max_shard_size={size}")
+        return check_train(cfg.train)
+
+    assert problems("5gigs") == [
         "train.max_shard_size must be a size such as 5GB, 500MB or 2GiB; got '5gigs' "
         "(try train.max_shard_size=5GB)"
     ]
-    assert check_train(compose_train(tmp_path, "train.max_shard_size=500MB").train) == []
+    assert problems("500MB") == []
 
 
-def test_cem_run_refuses_a_trainer_of_several_ranks_before_compute(tmp_path, monkeypatch):
+def test_cem_run_refuses_a_trainer_of_several_ranks_before_compute(tmp_path, monkeypatch, compose):
     """Its extra ranks would re-run the whole loop, stop at the run folder's lock, and
     leave rank 0 waiting for them."""
-    from test_tables import compose_run
-
     from cem.loop.run import run_loop
 
-    cfg = compose_run("model=tiny_random_llama", "trainer=ddp", "trainer.accelerator=cpu",
+    cfg = compose("run", "model=tiny_random_llama", "trainer=ddp", "trainer.accelerator=cpu",
                       "trainer.devices=2", f"run_dir={tmp_path / 'run'}")  # fmt: skip
     with pytest.raises(ConfigInvalid) as err:
         run_loop(cfg)

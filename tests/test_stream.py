@@ -7,10 +7,8 @@ import json
 
 import pytest
 from _records import eval_record
-from hydra import compose, initialize_config_dir
 
 import cem.evaluation.evaluate as ev
-from cem.config import conf_dir, register_configs
 from cem.evaluation.runner import run_eval
 from cem.evaluation.stream import PartialRecords, score_in_chunks
 from cem.io import read_jsonl
@@ -55,12 +53,11 @@ def test_finished_chunks_are_resumed_and_a_torn_one_is_scored_again(tmp_path):
     assert PartialRecords(path, "fp").load([it.id for it in items]) == []
 
 
-def compose_eval(tmp_path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose("eval", [f"run_dir={tmp_path}", "model=tiny_random_llama", "benchmark=jsonl",
-                                f"benchmark.path={tmp_path / 'items.jsonl'}", "eval.progress=false",
-                                "eval.general_probe=false", "eval.chunk_size=8", *overrides])  # fmt: skip
+def tiny_eval(folder) -> tuple[str, ...]:
+    """The overrides of a ``cem eval`` of the tiny model on ``folder/items.jsonl``, in chunks of 8."""
+    return (f"run_dir={folder}", "model=tiny_random_llama", "benchmark=jsonl",
+            f"benchmark.path={folder / 'items.jsonl'}", "eval.progress=false",
+            "eval.general_probe=false", "eval.chunk_size=8")  # fmt: skip
 
 
 def write_items(tmp_path, n: int = 20) -> None:
@@ -72,12 +69,12 @@ def write_items(tmp_path, n: int = 20) -> None:
 
 
 @pytest.mark.e2e
-def test_an_interrupted_eval_resumes_to_the_same_records(tmp_path, monkeypatch, capsys):
+def test_an_interrupted_eval_resumes_to_the_same_records(tmp_path, monkeypatch, capsys, compose):
     ref = tmp_path / "ref"
     for folder in (tmp_path, ref):
         folder.mkdir(exist_ok=True)
         write_items(folder)
-    run_eval(compose_eval(ref))  # uninterrupted, with the same chunks
+    run_eval(compose("eval", *tiny_eval(ref)))  # uninterrupted, with the same chunks
     expected = read_jsonl(ref / "eval/records.jsonl")
     assert not RoundDir(ref).partial_records.exists()
 
@@ -91,10 +88,10 @@ def test_an_interrupted_eval_resumes_to_the_same_records(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(ev, "score_loglik", stop_at_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
-        run_eval(compose_eval(tmp_path))
+        run_eval(compose("eval", *tiny_eval(tmp_path)))
     assert len(read_jsonl(RoundDir(tmp_path).partial_records)) == 1 + 8 + 1 + 8 + 1  # 2 chunks kept
     monkeypatch.setattr(ev, "score_loglik", score)
-    run_eval(compose_eval(tmp_path))
+    run_eval(compose("eval", *tiny_eval(tmp_path)))
     assert "resuming the evaluation: 16 of 20 questions scored" in capsys.readouterr().err
     assert read_jsonl(tmp_path / "eval/records.jsonl") == expected  # bit for bit
     assert not RoundDir(tmp_path).partial_records.exists()
@@ -102,5 +99,5 @@ def test_an_interrupted_eval_resumes_to_the_same_records(tmp_path, monkeypatch, 
     RoundDir(tmp_path).partial_records.write_text(
         (ref / "eval/records.jsonl").read_text()  # not even a partial file
     )
-    run_eval(compose_eval(tmp_path, "seed=1"))
+    run_eval(compose("eval", *tiny_eval(tmp_path), "seed=1"))
     assert "resuming" not in capsys.readouterr().err

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from _fake_api import FakeAPI
 from _records import entry, eval_record, run_summary
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from cem.cli import main
-from cem.config import conf_dir, register_configs
+from cem.config import conf_dir
 from cem.errors import CemError
 from cem.io import write_json
 from cem.loop.report import find_runs, group, make_report, run_metrics
@@ -29,14 +29,8 @@ PAPER_TABLES = ["data_efficiency", "instruction_ablation", "knowledge_source", "
                 "paradigm", "ratio", "replay_forgetting", "rounds"]  # fmt: skip
 
 
-def compose_run(*overrides: str, hydra: bool = False):
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return compose(config_name="run", overrides=list(overrides), return_hydra_config=hydra)
-
-
 def sweep_axes(table: str) -> dict[str, list[str]]:
-    params = compose_run(f"table={table}", hydra=True).hydra.sweeper.params
+    params = compose_config("run", f"table={table}", hydra=True).hydra.sweeper.params
     return {k: str(v).split(",") for k, v in params.items()}
 
 
@@ -48,10 +42,10 @@ def test_every_paper_table_has_a_config():
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_every_value_of_every_table_axis_composes_and_validates(table):
+def test_every_value_of_every_table_axis_composes_and_validates(table, compose):
     """Each value of each axis once (the other axes at their first value): the sweep's
     jobs are those combinations, and an axis value is what can be misspelt."""
-    cfg = compose_run(f"table={table}", hydra=True)
+    cfg = compose("run", f"table={table}", hydra=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweep.dir == f"multirun/{table}"
     axes = sweep_axes(table)
@@ -64,19 +58,19 @@ def test_every_value_of_every_table_axis_composes_and_validates(table):
         for key, values in axes.items() if key != "seed" for v in values
     }  # fmt: skip
     for combo in sorted(jobs):
-        job = compose_run(f"table={table}", "run_dir=/tmp/x", *combo)
+        job = compose("run", f"table={table}", "run_dir=/tmp/x", *combo)
         assert check_run(job) == [], (table, combo)
 
 
-def test_table_settings_reach_the_jobs():
-    job = compose_run("table=replay_forgetting", "replay=none", "instructions=no_review")
+def test_table_settings_reach_the_jobs(compose):
+    job = compose("run", "table=replay_forgetting", "replay=none", "instructions=no_review")
     assert (job.loop.rounds, job.loop.patience) == (3, None)
     assert job.replay.fraction == 0.0 and not job.instructions.review.enabled
-    job = compose_run("table=main", "model=llama3_8b_instruct", "benchmark=xiezhi")
+    job = compose("run", "table=main", "model=llama3_8b_instruct", "benchmark=xiezhi")
     assert job.benchmark.split and job.benchmark.path.endswith("/xiezhi")
     assert job.trainer.accelerator == "gpu"
     assert (job.logger.group, list(job.logger.tags)) == ("main", ["main"])  # one W&B group
-    job = compose_run("table=data_efficiency", "baseline=full_corpus_cpt")
+    job = compose("run", "table=data_efficiency", "baseline=full_corpus_cpt")
     assert (job.paradigm.name, job.knowledge.passages, job.loop.rounds) == ("cpt_only", "full", 1)
     assert job.train.max_steps == -1
 
@@ -86,21 +80,21 @@ def test_table_settings_reach_the_jobs():
     [("none", "parallel", "mistakes"), ("random_cpt", "cpt_only", "random"),
      ("cit_only", "cit_only", "mistakes"), ("full_corpus_cpt", "cpt_only", "full")],
 )  # fmt: skip
-def test_baselines_set_paradigm_and_cpt_text(baseline, paradigm, passages):
-    cfg = compose_run(f"baseline={baseline}", "run_dir=/tmp/x")
+def test_baselines_set_paradigm_and_cpt_text(baseline, paradigm, passages, compose):
+    cfg = compose("run", f"baseline={baseline}", "run_dir=/tmp/x")
     assert (cfg.loop.baseline, cfg.paradigm.name, cfg.knowledge.passages) == (
         baseline, paradigm, passages)  # fmt: skip
     assert check_run(cfg) == []
 
 
-def test_bad_table_and_bad_sweep_values_fail_before_compute():
+def test_bad_table_and_bad_sweep_values_fail_before_compute(compose):
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException, match=r"(?s)table/nope.*paradigm"):
-        compose_run("table=nope")
+        compose("run", "table=nope")
     with pytest.raises(ConfigCompositionException, match="knowledge.passages=some"):
-        compose_run("table=ratio", "knowledge.passages=some")
-    problems = check_run(compose_run("table=ratio", "mix.cit_ratio=1.5", "loop.rounds=0",
+        compose("run", "table=ratio", "knowledge.passages=some")
+    problems = check_run(compose("run", "table=ratio", "mix.cit_ratio=1.5", "loop.rounds=0",
                                      "run_dir=/tmp/x"))  # fmt: skip
     assert "mix.cit_ratio must be in [0, 1]; got 1.5 (try mix.cit_ratio=0.5)" in problems
     assert "loop.rounds must be >= 1; got 0 (try loop.rounds=2)" in problems
@@ -110,8 +104,8 @@ def test_bad_table_and_bad_sweep_values_fail_before_compute():
     ("local_parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
     ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
 ])  # fmt: skip
-def test_launcher_presets_compose(launcher, target):
-    cfg = compose_run("table=paradigm", f"hydra/launcher={launcher}", hydra=True)
+def test_launcher_presets_compose(launcher, target, compose):
+    cfg = compose("run", "table=paradigm", f"hydra/launcher={launcher}", hydra=True)
     assert cfg.hydra.launcher._target_ == target
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1
@@ -123,11 +117,11 @@ def test_launcher_presets_compose(launcher, target):
 # --- the file-benchmark split -------------------------------------------------------------------
 
 
-def test_file_benchmark_split_is_seeded_per_subject_and_disjoint(shared_dir):
+def test_file_benchmark_split_is_seeded_per_subject_and_disjoint(shared_dir, compose):
     from cem.benchmarks.registry import load_benchmark
 
     def load(seed: int):
-        b = compose_run("benchmark=mmlu", f"benchmark.path={shared_dir / 'mmlu'}",
+        b = compose("run", "benchmark=mmlu", f"benchmark.path={shared_dir / 'mmlu'}",
                         "benchmark.split=true", f"seed={seed}").benchmark  # fmt: skip
         return load_benchmark(b)
 
@@ -431,7 +425,7 @@ def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeyp
 
 
 @pytest.mark.e2e
-def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch):
+def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch, compose):
     from cem.curriculum.mixing import NoCptText
     from cem.loop import stages
     from cem.loop.run import run_loop
@@ -440,7 +434,7 @@ def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch):
         raise NoCptText("paradigm", "parallel", "needs CPT passages but has none left")
 
     monkeypatch.setattr(stages, "build_task", no_text)
-    summary = run_loop(compose_run(f"run_dir={tmp_path}", *TINY, "eval.progress=false"))
+    summary = run_loop(compose("run", f"run_dir={tmp_path}", *TINY, "eval.progress=false"))
     assert summary.stopped == {"reason": "no_knowledge", "round": 0}
     assert (tmp_path / "round_1" / "done" / "retrieve.json").is_file()
     assert not (tmp_path / "round_1" / "done" / "build.json").exists()
@@ -495,3 +489,32 @@ def test_tables_leave_out_exactly_the_result_neutral_keys():
     excluded = list(base.hydra.job.config.override_dirname.exclude_keys)
     assert excluded == ["table", *RESULT_NEUTRAL]
     assert set(RESULT_NEUTRAL) <= set(IGNORED) and set(RESULT_NEUTRAL) <= set(MAY_CHANGE)
+
+
+# A value for each result-neutral key other than the composed one (logger: the W&B group).
+NEUTRAL_CHANGES = {"run_dir": "run_dir=/tmp/other", "logger": "logger=wandb",
+                   "eval.progress": "eval.progress=true", "eval.devices": "eval.devices=2",
+                   "trainer.enable_progress_bar": "trainer.enable_progress_bar=true",
+                   "loop.keep_models": "loop.keep_models=all",
+                   "loop.share_round0": "loop.share_round0=false",
+                   "loop.reuse_runs": "loop.reuse_runs=true",
+                   "loop.baseline": "loop.baseline=random_cpt"}  # fmt: skip
+
+
+def test_the_result_neutral_keys_change_no_run_or_stage_key(compose):
+    from pathlib import Path
+
+    from cem.config import RESULT_NEUTRAL
+    from cem.loop import stages
+    from cem.loop.share import run_key, stage_key
+
+    def keys(*overrides: str) -> list[str]:
+        cfg = compose("run", "run_dir=/tmp/x", "experiment=fast", *overrides)
+        folder, steps = Path("/tmp/x/round_0"), {"max_steps": 2, "epochs": 1}
+        return [run_key(cfg), stage_key("eval", stages.eval_job(cfg, folder, None, ["exam"]), []),
+                stage_key("build", stages.warmup_build_job(cfg, folder), []),
+                stage_key("train", stages.train_job(cfg, folder, steps, True), [])]  # fmt: skip
+
+    assert set(NEUTRAL_CHANGES) == set(RESULT_NEUTRAL)
+    assert keys(*NEUTRAL_CHANGES.values()) == keys()
+    assert all(a != b for a, b in zip(keys("seed=1"), keys(), strict=True))  # a key that counts

@@ -8,11 +8,9 @@ import pandas as pd
 import pytest
 import torch
 from _tiny import tiny_model, tiny_tokenizer
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from cem.config import conf_dir, register_configs
 from cem.curriculum.render import KINDS
 from cem.errors import CemError, ConfigError, DataError
 from cem.training.data import (
@@ -58,13 +56,9 @@ def small_set() -> list[dict]:
     return cpt + cit + [row("Say hi.", " Hi.", "general"), row(FACTS[0], "", "replay")]
 
 
-def compose_train(run_dir: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("train", [
-            f"run_dir={run_dir}", "model=tiny_random_llama", "trainer.enable_progress_bar=false",
-            "train.seq_len=64", "train.batch_size=2", *overrides,
-        ])  # fmt: skip
+# What every tiny training here starts from: compose("train", f"run_dir={d}", *TINY, ...).
+TINY = ("model=tiny_random_llama", "trainer.enable_progress_bar=false", "train.seq_len=64",
+        "train.batch_size=2")  # fmt: skip
 
 
 def test_cit_prompt_masked_cpt_all_tokens():
@@ -220,13 +214,13 @@ def test_lora_merge_gives_the_same_logits():
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
 
 
-def test_overfits_cpt_passages_and_saves_a_plain_llama(tmp_path):
+def test_overfits_cpt_passages_and_saves_a_plain_llama(tmp_path, compose):
     from transformers import AutoModelForCausalLM
 
     write_set(tmp_path, [row(f) for f in FACTS])
-    cfg = compose_train(tmp_path, "train.finetune=full", "train.lr=5e-3", "train.max_steps=20",
-                        "train.schedule=constant", "train.warmup_ratio=0", "train.batch_size=4",
-                        "trainer.precision=32-true")  # fmt: skip
+    cfg = compose("train", f"run_dir={tmp_path}", *TINY, "train.finetune=full", "train.lr=5e-3",
+                  "train.max_steps=20", "train.schedule=constant", "train.warmup_ratio=0",
+                  "train.batch_size=4", "trainer.precision=32-true")  # fmt: skip
     m = run_train(cfg)
     assert m["steps"] == 20 and m["trainable_params"] == m["total_params"]
     # Pinned loosely (observed 7.63 -> 1.59): a random 2-layer Llama starts near ln(2048).
@@ -240,11 +234,12 @@ def test_overfits_cpt_passages_and_saves_a_plain_llama(tmp_path):
     assert {"train/loss", "train/loss_cpt", "train/tokens_cpt", "train/lr"} <= set(logs.columns)
 
 
-def test_lora_run_logs_per_kind_and_merges(tmp_path):
+def test_lora_run_logs_per_kind_and_merges(tmp_path, compose):
     from safetensors.torch import load_file
 
     write_set(tmp_path, small_set())
-    m = run_train(compose_train(tmp_path, "train.max_steps=3", "train.checkpoint_every_n_steps=2"))
+    m = run_train(compose("train", f"run_dir={tmp_path}", *TINY, "train.max_steps=3",
+                          "train.checkpoint_every_n_steps=2"))  # fmt: skip
     assert set(m["target_tokens"]) <= {"cpt", "normative", "general", "replay"}
     assert m["trainable_params"] < m["total_params"] and 0 <= m["padding_waste"] < 0.5
     logs = pd.read_csv(next((tmp_path / "train_logs").glob("version_*/metrics.csv")))
@@ -260,10 +255,10 @@ class Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, compose):
     d = tmp_path_factory.mktemp("full")
     write_set(d, small_set())
-    return d, run_train(compose_train(d, *RESUME))
+    return d, run_train(compose("train", f"run_dir={d}", *TINY, *RESUME))
 
 
 # 9 examples pack into 6 sequences of <= 48 tokens: 3 batches of 2 per epoch, so 2 optimizer
@@ -277,12 +272,14 @@ RESUME = ("train.max_steps=5", "train.seq_len=48", "train.grad_accum=2",
     [(1, 1, 1), (2, 3, 2), (3, 3, 3)],
     ids=["mid-epoch-0", "epoch-end", "mid-epoch-1"],
 )
-def test_resume_is_bit_exact(tmp_path, monkeypatch, uninterrupted, every, stop_at, resume_at):
+def test_resume_is_bit_exact(tmp_path, monkeypatch, uninterrupted, every, stop_at, resume_at,
+                             compose):  # fmt: skip
     from safetensors.torch import load_file
 
     ref_dir, ref = uninterrupted
     write_set(tmp_path, small_set())
-    cfg = compose_train(tmp_path, *RESUME, f"train.checkpoint_every_n_steps={every}")
+    cfg = compose("train", f"run_dir={tmp_path}", *TINY, *RESUME,
+                  f"train.checkpoint_every_n_steps={every}")  # fmt: skip
     original = CemLM.on_train_batch_end
 
     def stop(self, outputs, batch, batch_idx):
@@ -308,10 +305,10 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch, uninterrupted, every, stop_a
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_epochs_reach_every_row_and_report_epoch_means(tmp_path):
+def test_epochs_reach_every_row_and_report_epoch_means(tmp_path, compose):
     write_set(tmp_path, small_set())
-    m = run_train(compose_train(tmp_path, "train.max_steps=-1", "train.epochs=2",
-                                "train.seq_len=48", "trainer.precision=32-true"))  # fmt: skip
+    m = run_train(compose("train", f"run_dir={tmp_path}", *TINY, "train.max_steps=-1",
+                          "train.epochs=2", "train.seq_len=48", "trainer.precision=32-true"))  # fmt: skip
     assert m["rows_reached"] == m["rows_total"] == len(small_set())
     assert m["reached_rows"] == list(range(len(small_set())))
     assert [e["epoch"] for e in m["epoch_losses"]] == [0, 1]
@@ -321,16 +318,16 @@ def test_epochs_reach_every_row_and_report_epoch_means(tmp_path):
     assert m["target_tokens"] == {k: 2 * n for k, n in m["data"]["target_tokens"].items()}
 
 
-def test_max_steps_below_an_epoch_reports_what_it_reached(tmp_path):
+def test_max_steps_below_an_epoch_reports_what_it_reached(tmp_path, compose):
     write_set(tmp_path, small_set())
-    m = run_train(compose_train(tmp_path, "train.max_steps=1", "train.seq_len=48",
-                                "train.batch_size=1"))  # fmt: skip
+    m = run_train(compose("train", f"run_dir={tmp_path}", *TINY, "train.max_steps=1",
+                          "train.seq_len=48", "train.batch_size=1"))  # fmt: skip
     assert 0 < m["rows_reached"] < m["rows_total"]
     assert len(m["epoch_losses"]) == 1  # the partial epoch is closed
 
 
-def test_bad_inputs(tmp_path):
-    cfg = compose_train(tmp_path)
+def test_bad_inputs(tmp_path, compose):
+    cfg = compose("train", f"run_dir={tmp_path}", *TINY)
     with pytest.raises(CemError, match="not found"):
         run_train(cfg)
     write_set(tmp_path, [])
@@ -340,22 +337,21 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(DataError, match=r"train.parquet:1: kind 'quiz'"):
         read_train_set(tmp_path / "train_set" / "train.parquet")
     with pytest.raises(ConfigCompositionException, match="train.finetune=qlora"):
-        compose_train(tmp_path, "train.finetune=qlora")
+        compose("train", f"run_dir={tmp_path}", *TINY, "train.finetune=qlora")
     with pytest.raises(ConfigError, match="train.finetune"):
         prepare(tiny_model(), "qlora", LORA)
     write_set(tmp_path, small_set())
     with pytest.raises(CemError, match="model.path='/nonexistent/model' is not a folder"):
-        run_train(
-            compose_train(tmp_path, "model.random_init=false", "model.path=/nonexistent/model")
-        )
+        run_train(compose("train", f"run_dir={tmp_path}", *TINY, "model.random_init=false",
+                          "model.path=/nonexistent/model"))  # fmt: skip
     (tmp_path / "model_in").mkdir()
     with pytest.raises(CemError, match="model_in has no config.json"):
         run_train(cfg)
 
 
-def test_unknown_loss_weight_kind_fails(tmp_path):
+def test_unknown_loss_weight_kind_fails(tmp_path, compose):
     with pytest.raises(CemError, match=r"train.loss_weights.cpd names no kind; .* \(try ~train"):
-        run_train(compose_train(tmp_path, "++train.loss_weights.cpd=1.0"))
+        run_train(compose("train", f"run_dir={tmp_path}", *TINY, "++train.loss_weights.cpd=1.0"))
 
 
 @pytest.mark.parametrize(
@@ -363,8 +359,8 @@ def test_unknown_loss_weight_kind_fails(tmp_path):
     ["cpu", "gpu", "ddp", "fsdp", "deepspeed", "deepspeed_zero2", "deepspeed_zero3"],
     ids=lambda t: f"{t}_yaml",
 )
-def test_trainer_configs_compose(tmp_path, trainer):
-    cfg = compose_train(tmp_path, f"trainer={trainer}")
+def test_trainer_configs_compose(tmp_path, trainer, compose):
+    cfg = compose("train", f"run_dir={tmp_path}", *TINY, f"trainer={trainer}")
     assert cfg.trainer._target_ == "lightning.Trainer"
     assert {"accelerator", "devices", "strategy", "precision", "num_nodes"} <= set(cfg.trainer)
 
@@ -374,8 +370,9 @@ def test_example_dataclass_is_plain():
     assert collate([[ex]], 0)["segment_ids"].tolist() == [[0, 0]]
 
 
-def test_unpacked_run_pads_in_buckets(tmp_path):
+def test_unpacked_run_pads_in_buckets(tmp_path, compose):
     write_set(tmp_path, small_set())
-    m = run_train(compose_train(tmp_path, "train.pack=false", "train.max_steps=2"))
+    m = run_train(compose("train", f"run_dir={tmp_path}", *TINY, "train.pack=false",
+                          "train.max_steps=2"))  # fmt: skip
     assert m["data"]["sequences"] == m["data"]["examples"] == len(small_set())
     assert m["steps"] == 2 and m["loss_last"] > 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import FACTS, compose_train, row, small_set, write_set
+from test_training import FACTS, TINY, row, small_set, write_set
 
 from cem.training.train import run_train
 
@@ -60,13 +60,13 @@ def answer_logprob(model, tok, prompt: str, answer: str) -> float:
     return float(logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum())
 
 
-def test_smollm2_lora_learns_facts(tmp_path):
+def test_smollm2_lora_learns_facts(tmp_path, compose):
     from cem.models import load_model
 
     write_set(tmp_path, [row(f) for f in FACTS] * 2)
-    cfg = compose_train(tmp_path, "model=smollm2_135m_instruct", "train.max_steps=12",
-                        "train.lr=1e-3", "train.batch_size=4", "train.seq_len=128",
-                        "train.warmup_ratio=0", "train.schedule=constant")  # fmt: skip
+    cfg = compose("train", f"run_dir={tmp_path}", *TINY, "model=smollm2_135m_instruct",
+                  "train.max_steps=12", "train.lr=1e-3", "train.batch_size=4",
+                  "train.seq_len=128", "train.warmup_ratio=0", "train.schedule=constant")  # fmt: skip
     cfg.model.dtype = "float32"
     before_model, tok = load_model(cfg.model)
     before = [answer_logprob(before_model, tok, p, a) for p, a in PROBES]

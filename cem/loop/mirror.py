@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cem.choices import LoggerBackend
 from cem.io import atomic_open
 from cem.layout import RoundDir, RunDir, read_marker
 from cem.loop.diagnostics import flags_by_id
@@ -178,7 +179,7 @@ class StepLogger(Logger):
 
 
 class RunLogger:
-    """CSV always; W&B (``logger.wandb``) gets each new result as the loop reaches it."""
+    """CSV always; W&B (``logger.backend=wandb``) gets each new result as the loop reaches it."""
 
     def __init__(self, cfg: DictConfig, root: Path):
         self.cfg, self.root = cfg, root
@@ -186,7 +187,7 @@ class RunLogger:
         self.trained: set[str] = set()  # training folders whose steps were sent
         self.defined: set[str] = set()  # keys given their x-axis
         self.bases: dict[str, int] = {}
-        self.run = init_wandb(cfg, root) if cfg.logger.wandb else None
+        self.run = init_wandb(cfg, root) if cfg.logger.backend == LoggerBackend.wandb else None
 
     def step_loggers(self, folder: Path) -> list[Logger]:
         """The Lightning loggers that copy ``folder``'s training steps to W&B (none without it)."""

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cem.config import RESULT_NEUTRAL
 from cem.io import read_json, sha256_file, storage_errors, write_json
 from cem.layout import (
     HYDRA,
@@ -45,8 +46,6 @@ from cem.loop import stages
 from cem.ui import console
 
 MANIFEST = "manifest.json"
-# Job keys that never change a stage's files (where it writes, progress bars).
-NEUTRAL = ("run_dir", "eval.progress", "eval.devices", "trainer.enable_progress_bar")
 
 
 def cache_dir() -> Path:
@@ -90,8 +89,14 @@ def _without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
 
 
 def stage_key(stage: str, job: DictConfig, upstream: list[str]) -> str:
-    """The key of ``stage`` run with ``job`` after the stages keyed ``upstream``."""
-    plain = _without(job, NEUTRAL)
+    """The key of ``stage`` run with ``job`` after the stages keyed ``upstream``.
+
+    The job leaves out the same result-neutral keys as a run's key (``RESULT_NEUTRAL``); a
+    stage's job (``EvalJob``, ``BuildJob``, ``TrainJob``) has no ``loop`` or ``logger`` node,
+    so only ``run_dir``, ``eval.progress``, ``eval.devices`` and
+    ``trainer.enable_progress_bar`` can be there to leave out.
+    """
+    plain = _without(job, RESULT_NEUTRAL)
     text = json.dumps({"stage": stage, "job": plain, "upstream": upstream,
                        "code": code_fingerprint()}, sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()
@@ -192,8 +197,6 @@ NOT_REUSED = (HYDRA, WANDB, RUN_CONFIG, *RESULTS, *REPORTS, *LOCKS)
 
 def run_key(cfg: DictConfig) -> str:
     """A run's key: its resolved config without the result-neutral keys, and the code."""
-    from cem.config import RESULT_NEUTRAL
-
     plain = _without(cfg, RESULT_NEUTRAL)
     text = json.dumps({"run": plain, "code": code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
