@@ -20,8 +20,9 @@ from cem.cli import main
 from cem.config import conf_dir
 from cem.errors import CemError
 from cem.io import write_json
-from cem.loop.report import find_runs, group, make_report, run_metrics
+from cem.loop.report import make_report, run_metrics
 from cem.loop.run import check_run
+from cem.loop.variants import find_runs, group
 from cem.records import EvalRecord, RunSummary, write_records
 
 TABLES = sorted(p.stem for p in (conf_dir() / "table").glob("*.yaml") if p.stem != "_base")
@@ -482,8 +483,8 @@ def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
 
 def test_tables_leave_out_exactly_the_result_neutral_keys():
     from cem.config import RESULT_NEUTRAL
-    from cem.loop.report import IGNORED
     from cem.loop.run import MAY_CHANGE
+    from cem.loop.variants import IGNORED
 
     base = OmegaConf.load(conf_dir() / "table" / "_base.yaml")
     excluded = list(base.hydra.job.config.override_dirname.exclude_keys)

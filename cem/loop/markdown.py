@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from cem.errors import CemError
 
 if TYPE_CHECKING:
-    from cem.loop.report import Variant
+    from cem.loop.variants import Variant
 
 CLAIMS = ("exam", "test", "knowledge")  # the gains every row is judged on
 CLAIM_NAMES = {"exam": "Δexam", "test": "schema gain (Δtest)", "knowledge": "knowledge gain"}

@@ -285,13 +285,13 @@ def wandb_mode(cfg: DictConfig) -> str:
 def job_type(cfg: DictConfig, root: Path) -> str:
     """``logger.job_type``, else the job's own overrides without the seed (and without what
     never changes results), as ``cem report`` tells its rows apart; at most 64 characters."""
-    from cem.loop.report import IGNORED, _overrides  # the one reading of a job's overrides
+    from cem.loop.variants import IGNORED, job_overrides  # the one reading of a job's overrides
 
     text = cfg.logger.job_type
     if not text:
         own = {
             k: v
-            for k, v in (_overrides(root) or {}).items()
+            for k, v in (job_overrides(root) or {}).items()
             if not k.startswith(tuple(f"{i}." for i in IGNORED))
         }  # logger.group=... too
         text = " ".join(f"{k}={v}" for k, v in sorted(own.items())) or UNNAMED_JOB
