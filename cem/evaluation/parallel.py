@@ -110,6 +110,8 @@ def ranks(device_spec: str) -> Iterator[Ranks]:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
         yield Ranks(dist.get_rank(), dist.get_world_size())
+        if own:  # leave together: a rank that tears gloo down while another still talks
+            dist.barrier()  # to it aborts ("terminate called without an active exception")
     finally:
         if own:
             dist.destroy_process_group()
