@@ -62,9 +62,11 @@ def shared_dir() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
+    """The ``gpu`` tier is skipped without CUDA, unless ``CEM_GPU_TIER_DEVICE=cpu`` asks for
+    its dry run on the CPU (tests/test_gpu.py)."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or os.environ.get("CEM_GPU_TIER_DEVICE") == "cpu":
         return
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:

@@ -298,6 +298,13 @@ def sharpened_tiny_model():
     return model
 
 
+# Questions and answers of several lengths for the extractor's prompts.
+ASKED = [("What is the capital of Bhutan?", "Thimphu"), ("Where?", "Here"),
+         ("Which river flows through the town of Kessa in the north?", "Lumo"),
+         ("Who founded the first public library of Marrow?", "Queen Ilsa"),
+         ("In which year did the Tarn Republic adopt the silver crown?", "1891")]  # fmt: skip
+
+
 @pytest.mark.e2e
 def test_the_extractor_s_batched_replies_are_its_one_at_a_time_replies(tmp_path, monkeypatch):
     """Both LLM paths (knowledge points and extractive questions) generate through
@@ -316,11 +323,7 @@ def test_the_extractor_s_batched_replies_are_its_one_at_a_time_replies(tmp_path,
                         lambda *a, **k: batches.append(k["batch_size"]) or real(*a, **k))  # fmt: skip
 
     folder = save_model(sharpened_tiny_model(), tiny_tokenizer(), tmp_path / "extractor")
-    asked = [("What is the capital of Bhutan?", "Thimphu"), ("Where?", "Here"),
-             ("Which river flows through the town of Kessa in the north?", "Lumo"),
-             ("Who founded the first public library of Marrow?", "Queen Ilsa"),
-             ("In which year did the Tarn Republic adopt the silver crown?", "1891")]  # fmt: skip
-    prompts = [LLM_PROMPT.format(question=q, answer=a) for q, a in asked]
+    prompts = [LLM_PROMPT.format(question=q, answer=a) for q, a in ASKED]
 
     def replies(batch_size: int) -> list[str]:
         kcfg = OmegaConf.structured(KnowledgeConfig(

@@ -79,6 +79,26 @@ def test_shared_opening_matches_naive(model, batch_size):
         assert a == pytest.approx(b, abs=1e-4)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_a_transformers_without_keep_masks_gets_the_same_scores(model, batch_size, monkeypatch):
+    """Before ``slice_logits_to_keep`` (transformers 5.17, say) ``logits_to_keep`` takes
+    positions only: the scorer passes every position that some row scores, then keeps its
+    own."""
+    from cem.evaluation import scorer
+
+    tok = tiny_tokenizer()
+    with_mask = score_requests(model, tok, SHARED + REQUESTS, batch_size=batch_size)
+    monkeypatch.setattr(scorer, "KEEP_MASK", False)
+    calls = []
+    real_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["logits_to_keep"])
+                        or real_forward(*a, **k))  # fmt: skip
+    by_columns = score_requests(model, tok, SHARED + REQUESTS, batch_size=batch_size)
+    assert calls and all(c.ndim == 1 and c.dtype == torch.int64 for c in calls)
+    for a, b in zip(by_columns, with_mask, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 @pytest.mark.parametrize("max_length", [15, 24])
 def test_left_truncation_matches_naive(model, max_length):
     tok = tiny_tokenizer()

@@ -107,6 +107,7 @@ def _evaluate_and_write(cfg: DictConfig, folder: RoundDir, group: Ranks) -> dict
             "score_s": t2 - t1,
             "probe_s": t3 - t2,
             "questions_per_s": n / max(t2 - t1, 1e-9),
+            "device": str(next(model.parameters()).device),
         },  # fmt: skip
     )
     write_stage_config(folder, "eval", cfg)

@@ -13,7 +13,9 @@ a batch of questions takes one forward pass:
 - tokens that open every context of the batch (an instruction, few-shot examples) are
   forwarded once and their KV cache, repeated per row, is passed as ``past_key_values``;
 - the LM head runs only on the scored positions (``logits_to_keep`` as a boolean mask):
-  the context's last token, which predicts every option's first token, and the options';
+  the context's last token, which predicts every option's first token, and the options'.
+  A transformers release that takes positions only (before ``slice_logits_to_keep``, e.g.
+  5.17) is given every position that some row scores, and the rest are dropped after;
 - rows are sorted by length, so that little of a batch is padding.
 
 Single-token options (MCF letters " A".." D") cost one forward of the context alone.
@@ -42,6 +44,16 @@ if TYPE_CHECKING:
 _PAD_SLACK = 1.1
 # Below this many tokens, a prefix common to a batch is not worth its own forward pass.
 _MIN_SHARED = 8
+
+
+def _takes_keep_mask() -> bool:
+    """Does this transformers take a boolean ``(batch, length)`` ``logits_to_keep``?"""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
+
+
+KEEP_MASK = _takes_keep_mask()
 
 
 @dataclass
@@ -272,16 +284,20 @@ def _score_batch(model, batch: list[_Unit], device: torch.device) -> list[list[f
         dtype = model.get_input_embeddings().weight.dtype
         mask = _tree_mask(seg, shared, model.config._attn_implementation, dtype)
         pos = torch.tensor(lay.pos, device=device)
+    keep = torch.tensor(lay.keep, device=device)
+    # A boolean mask runs the LM head on the scored positions only: (n_kept, vocab). Without
+    # it, the positions any row scores: (batch, n_columns, vocab), then the scored ones.
+    columns = None if KEEP_MASK else keep.any(0).nonzero().squeeze(1)
     out = model(
         input_ids=torch.tensor(lay.ids, device=device),
         attention_mask=mask,
         position_ids=pos,
         past_key_values=cache,
         use_cache=cache is not None,
-        # A boolean mask runs the LM head on the scored positions only: (n_kept, vocab).
-        logits_to_keep=torch.tensor(lay.keep, device=device),
+        logits_to_keep=keep if columns is None else columns,
     )
-    logits = out.logits.float()
+    logits = out.logits if columns is None else out.logits[keep[:, columns]]
+    logits = logits.float()
     rows = torch.tensor(lay.rows, device=device)
     token_lp = logits[rows, torch.tensor(lay.targets, device=device)] - logits.logsumexp(-1)[rows]
     sums = torch.zeros(len(lay.option_of), dtype=token_lp.dtype, device=device)

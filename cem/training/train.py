@@ -265,6 +265,7 @@ def _metrics(trainer, module, data, seconds: float, trained: int, total: int) ->
         "data": data.stats,
         "train_s": seconds,
         "precision": str(trainer.precision),
+        "device": str(trainer.strategy.root_device),
         "trainable_params": trained,
         "total_params": total,
     }
