@@ -376,3 +376,33 @@ def test_unpacked_run_pads_in_buckets(tmp_path, compose):
                           "train.max_steps=2"))  # fmt: skip
     assert m["data"]["sequences"] == m["data"]["examples"] == len(small_set())
     assert m["steps"] == 2 and m["loss_last"] > 0
+
+
+def test_the_ranks_totals_merge_into_the_whole_run_s():
+    """Under several ranks each holds its share of the batches; ``merge_totals`` adds the
+    tokens up, joins the rows and takes each epoch's mean over every rank's tokens."""
+    from cem.training.module import close_epoch, merge_totals, new_totals
+
+    def rank(rows, tokens, epochs):
+        t = new_totals()
+        t["rows"], t["tokens"]["cpt"], t["input_tokens"] = set(rows), tokens, 2 * tokens
+        for e, (loss, cpt, n) in enumerate(epochs):
+            t["open_epoch"] = e
+            t["epoch_sums"] = {
+                "loss": [loss, n],
+                "cpt": [cpt, n // 2],
+                "cit": [loss - cpt, n - n // 2],
+            }
+            close_epoch(t)
+        return t
+
+    a = rank([0, 2, 4], 30, [(12.0, 5.0, 4), (8.0, 3.0, 4)])
+    b = rank([1, 3], 10, [(6.0, 6.0, 2), (2.0, 2.0, 2)])
+    whole = merge_totals([a, b])
+    assert whole["rows"] == {0, 1, 2, 3, 4}
+    assert whole["tokens"]["cpt"] == 40 and whole["input_tokens"] == 80
+    assert whole["epochs"] == [
+        {"epoch": 0, "loss": 18.0 / 6, "loss_cpt": 11.0 / 3, "loss_cit": 7.0 / 3},
+        {"epoch": 1, "loss": 10.0 / 6, "loss_cpt": 5.0 / 3, "loss_cit": 5.0 / 3},
+    ]
+    assert merge_totals([a])["epochs"] == a["epochs"]  # one rank: its own means

@@ -52,6 +52,29 @@ def test_ddp_two_cpu_processes(tmp_path, entry):
     assert metrics["steps"] == 3 and (tmp_path / "model" / "model.safetensors").is_file()
 
 
+def test_two_ranks_metrics_are_the_whole_run_s(tmp_path):
+    """A full epoch over 2 ranks reaches every row: ``train/metrics.json`` counts both ranks'
+    batches (rank 0 alone holds about half), with the loss-bearing tokens of the whole set."""
+    from test_parallel_eval import child_env
+
+    rows = small_set() * 2
+    args = [a for a in DDP_ARGS if not a.startswith("train.max_steps")]
+    for name, extra in (("two", []), ("one", ["trainer=cpu", "trainer.devices=1"])):
+        write_set(tmp_path / name, rows)
+        proc = subprocess.run([sys.executable, "-m", "cem", "train", f"run_dir={tmp_path / name}",
+                               *args, *extra, "train.max_steps=-1", "train.epochs=1"],
+                              cwd=REPO, env=child_env(), capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = (json.loads((tmp_path / n / "train" / "metrics.json").read_text())
+                for n in ("two", "one"))  # fmt: skip
+    assert two["rows_total"] == one["rows_total"] == len(rows)
+    assert two["rows_reached"] == len(rows)
+    # A rank's share may repeat a batch to even the shares out, never leave one out.
+    assert all(two["target_tokens"][k] >= n for k, n in one["target_tokens"].items())
+    assert len(two["epoch_losses"]) == 1 and two["tokens_per_s"] > 0
+
+
 def answer_logprob(model, tok, prompt: str, answer: str) -> float:
     ids = tok(prompt + answer, return_tensors="pt").input_ids
     n = len(tok(prompt).input_ids)

@@ -193,6 +193,10 @@ class CemLM(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         totals = checkpoint["cem"]["totals"]
         self.totals = {**totals, "rows": set(totals["rows"])}
+        if self.trainer.world_size > 1 and self.trainer.global_rank != 0:
+            # The checkpoint holds rank 0's totals: the other ranks count from the resume on,
+            # so that merge_totals counts rank 0's share once.
+            self.totals = new_totals()
         torch.set_rng_state(checkpoint["cem"]["torch_rng"])
 
 
@@ -203,7 +207,8 @@ EPOCH_GROUPS = ("loss", "cpt", "cit")  # closed into an epoch mean at every epoc
 
 def new_totals() -> dict:
     """Running totals of a training run: loss-bearing tokens per kind, input tokens, the
-    train.parquet rows reached, the open epoch's loss sums and each closed epoch's means."""
+    train.parquet rows reached, the open epoch's loss sums and each closed epoch's means
+    (and sums, which ``merge_totals`` adds up over ranks)."""
     return {
         "tokens": dict.fromkeys(KINDS, 0),
         "input_tokens": 0,
@@ -211,7 +216,41 @@ def new_totals() -> dict:
         "epoch_sums": {g: [0.0, 0] for g in EPOCH_GROUPS},
         "open_epoch": None,  # the epoch the sums belong to
         "epochs": [],
+        "closed_sums": [],  # per closed epoch: {group: [loss sum, tokens]}
     }
+
+
+def epoch_means(epoch: int, sums: dict[str, list]) -> dict:
+    """``{"epoch", "loss", "loss_cpt", "loss_cit"}``: the mean loss per token of each group
+    that had tokens."""
+    means = {"epoch": epoch}
+    for group, (total, count) in sums.items():
+        if count:
+            means["loss" if group == "loss" else f"loss_{group}"] = total / count
+    return means
+
+
+def merge_totals(parts: list[dict]) -> dict:
+    """The totals of a run whose ranks each hold their own share of the batches: tokens
+    added up, rows joined, each epoch's mean taken over every rank's tokens."""
+    merged = new_totals()
+    for part in parts:
+        for kind, n in part["tokens"].items():
+            merged["tokens"][kind] += n
+        merged["input_tokens"] += part["input_tokens"]
+        merged["rows"] |= set(part["rows"])
+    n_epochs = max(len(p["closed_sums"]) for p in parts)
+    for i in range(n_epochs):
+        sums = {g: [0.0, 0] for g in EPOCH_GROUPS}
+        for part in parts:
+            if i < len(part["closed_sums"]):
+                for group, (total, count) in part["closed_sums"][i].items():
+                    sums[group][0] += total
+                    sums[group][1] += count
+        epoch = next(p["epochs"][i]["epoch"] for p in parts if i < len(p["epochs"]))
+        merged["epochs"].append(epoch_means(epoch, sums))
+        merged["closed_sums"].append(sums)
+    return merged
 
 
 def close_epoch(totals: dict) -> dict | None:
@@ -221,10 +260,9 @@ def close_epoch(totals: dict) -> dict | None:
     totals["open_epoch"] = None
     if sums["loss"][1] == 0:
         return None
-    means = {"epoch": epoch}
-    for group, (total, count) in sums.items():
-        if count:
-            means["loss" if group == "loss" else f"loss_{group}"] = total / count
+    means = epoch_means(epoch, sums)
     totals["epochs"].append(means)
+    # A checkpoint written before the sums were kept has none: setdefault.
+    totals.setdefault("closed_sums", []).append(sums)
     totals["epoch_sums"] = {g: [0.0, 0] for g in EPOCH_GROUPS}
     return means

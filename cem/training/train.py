@@ -236,17 +236,36 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence, model, gath
     )
 
 
+def whole_run(trainer, totals: dict, throughput: dict) -> tuple[dict, dict]:
+    """Every rank's totals and throughput, gathered and merged (a collective: every rank
+    calls it): tokens and rows of all ranks, and tokens/s as all ranks' tokens over the
+    slowest rank's seconds."""
+    import torch.distributed as dist
+
+    from cem.training.module import merge_totals
+
+    mine = {**totals, "rows": sorted(totals["rows"]), "throughput": throughput}
+    parts: list = [None] * trainer.world_size
+    dist.all_gather_object(parts, mine)
+    tp = {"tokens": sum(p["throughput"]["tokens"] for p in parts),
+          "seconds": max(p["throughput"]["seconds"] for p in parts)}  # fmt: skip
+    return merge_totals(parts), tp
+
+
 def _metrics(trainer, module, data, seconds: float, trained: int, total: int) -> dict:
     """``train/metrics.json``: steps, epoch-mean losses, and how much of the set was reached.
 
     ``loss_first`` / ``loss_last`` are the first and last epoch's mean loss per
     loss-bearing token (a run stopped by ``train.max_steps`` mid-epoch closes a partial
-    epoch); ``epoch_losses`` has every epoch, with the CPT and CIT means apart.
+    epoch); ``epoch_losses`` has every epoch, with the CPT and CIT means apart. Under
+    several ranks, every figure is the whole run's (``whole_run``).
     """
     from cem.training.module import close_epoch
 
     tp, totals = module.throughput, module.totals
     close_epoch(totals)  # a run stopped by max_steps mid-epoch
+    if trainer.world_size > 1:  # each rank trained its own share of the batches
+        totals, tp = whole_run(trainer, totals, tp)
     epochs = totals["epochs"]
     rows = sorted(totals["rows"])
     return {
