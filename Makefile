@@ -7,6 +7,8 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DATA_ASSETS := countryinfo wiki-summaries-en
+# What the default `cem run` reads (not MiniLM and its knowledge=wiki_dense index: `make assets`).
+DEMO_ASSETS := smollm2-135m-instruct $(DATA_ASSETS)
 
 .PHONY: setup assets demo test test-unit test-slow test-gpu bench lint format clean
 
@@ -20,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 assets: setup
 	$(BIN)/cem assets fetch
 
-demo: assets
+demo: setup
+	$(BIN)/cem assets fetch $(DEMO_ASSETS)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/cem run
 
 test: setup
