@@ -428,6 +428,25 @@ def test_a_finished_run_is_reused_by_an_identical_job(fast_run, tmp_path, monkey
 
 
 @pytest.mark.e2e
+def test_a_finished_run_whose_summary_does_not_read_is_not_reused(fast_run, tmp_path, capsys,
+                                                                    compose):  # fmt: skip
+    import shutil
+
+    from cem.loop import share
+
+    ref, _ = fast_run
+    src = tmp_path / "src"
+    shutil.copytree(ref, src, symlinks=True)
+    (src / "summary.json").write_text('{"protocol": "heldout"')  # cut short
+    cfg = compose("run", f"run_dir={tmp_path / 'new'}", *FAST, "loop.reuse_runs=true")
+    share.register_run(src, cfg)
+    assert share.reuse_run(tmp_path / "new", cfg) is None
+    err = capsys.readouterr().err
+    assert f"warning: not reusing {src}: " in err and "not valid JSON" in err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.e2e
 def test_a_changed_file_reruns_its_stage_or_says_why_it_cannot(fast_run, tmp_path, capsys, compose):
     import shutil
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cem.config import RESULT_NEUTRAL
+from cem.errors import DataError
 from cem.io import read_json, sha256_file, storage_errors, write_json
 from cem.layout import (
     HYDRA,
@@ -43,7 +44,8 @@ from cem.layout import (
     read_marker,
 )
 from cem.loop import stages
-from cem.ui import console
+from cem.records import read_summary
+from cem.ui import console, warn
 
 MANIFEST = "manifest.json"
 
@@ -211,6 +213,15 @@ def register_run(root: Path, cfg: DictConfig) -> None:
     write_json(_registry(run_key(cfg)), {"path": str(root.resolve())})
 
 
+def _finished(summary: Path) -> bool:
+    """Has the run of this summary.json stopped? A summary that does not read is not reused."""
+    try:
+        return read_summary(summary).stopped is not None
+    except DataError as e:
+        warn(f"not reusing {summary.parent}: {e}")
+        return False
+
+
 def reuse_run(root: Path, cfg: DictConfig) -> Path | None:
     """Hard-link a finished run with the same key into the empty run folder ``root``; the
     finished run's folder, or None when there is none (or ``root`` has begun a run)."""
@@ -219,7 +230,7 @@ def reuse_run(root: Path, cfg: DictConfig) -> Path | None:
         return None
     src = Path(read_json(entry)["path"])
     summary = RunDir(src).summary
-    if src == root.resolve() or not summary.is_file() or not read_json(summary).get("stopped"):
+    if src == root.resolve() or not summary.is_file() or not _finished(summary):
         return None
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
