@@ -169,25 +169,28 @@ def test_a_bad_shard_size_names_the_key_and_the_fix(tmp_path, compose):
     assert problems("500MB") == []
 
 
-def test_cem_run_refuses_a_trainer_of_several_ranks_before_compute(tmp_path, monkeypatch, compose):
-    """Its extra ranks would re-run the whole loop, stop at the run folder's lock, and
-    leave rank 0 waiting for them."""
+def test_cem_run_refuses_training_ranks_it_cannot_start_before_compute(tmp_path, monkeypatch,
+                                                                       compose):  # fmt: skip
+    """``cem run`` starts a stage's training ranks on this machine, one per device
+    (cem.training.launch): several nodes, or a list of devices, it refuses before compute."""
     from cem.loop.run import run_loop
 
     cfg = compose("run", "model=tiny_random_llama", "trainer=ddp", "trainer.accelerator=cpu",
-                      "trainer.devices=2", f"run_dir={tmp_path / 'run'}")  # fmt: skip
+                  "trainer.devices=2", "trainer.num_nodes=2", f"run_dir={tmp_path / 'run'}")  # fmt: skip
     with pytest.raises(ConfigInvalid) as err:
         run_loop(cfg)
-    assert "trainer.devices=2 on trainer.num_nodes=1 makes 2 training ranks, and cem run " in (
-        str(err.value)
-    )
-    assert ("torchrun --nproc_per_node=N -m cem train run_dir=<run>/round_<r> trainer=ddp "
-            "trainer.devices=N)") in str(err.value)  # fmt: skip
+    assert ("trainer.num_nodes=2: cem run starts its training ranks on this machine only (try "
+            "trainer.num_nodes=1, or train a round's stage alone on several nodes: torchrun "
+            "--nnodes=M --nproc_per_node=N -m cem train run_dir=<run>/round_<r> trainer=ddp "
+            "trainer.devices=N trainer.num_nodes=M)") in str(err.value)  # fmt: skip
     assert not (tmp_path / "run" / "round_0").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     fsdp = OmegaConf.create({"accelerator": "gpu", "devices": -1, "strategy": "fsdp"})
-    assert "makes 8 training ranks" in checks.check_one_process(fsdp)[0]
-    assert checks.check_one_process(OmegaConf.merge(fsdp, {"devices": 1})) == []
-    two_nodes = OmegaConf.merge(fsdp, {"devices": 1, "num_nodes": 2})
-    assert "makes 2 training ranks" in checks.check_one_process(two_nodes)[0]
+    assert checks.training_ranks(fsdp) == (8, 1)
+    assert checks.check_loop_ranks(fsdp) == []  # 8 ranks, started by the loop
+    assert checks.check_loop_ranks(OmegaConf.merge(fsdp, {"devices": 1})) == []
+    listed = OmegaConf.merge(fsdp, {"devices": [0, 2]})
+    assert checks.check_loop_ranks(listed) == [
+        "trainer.devices=[0, 2]: cem run starts one training rank per device and takes a count "
+        "(try trainer.devices=2 with CUDA_VISIBLE_DEVICES naming the GPUs)"]  # fmt: skip

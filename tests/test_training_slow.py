@@ -75,6 +75,33 @@ def test_two_ranks_metrics_are_the_whole_run_s(tmp_path):
     assert len(two["epoch_losses"]) == 1 and two["tokens_per_s"] > 0
 
 
+def test_cem_run_trains_each_stage_on_two_ranks_it_starts_itself(tmp_path, compose, capfd):
+    """``cem run trainer=ddp trainer.devices=2``: the warm-up and each round train on 2 ranks
+    that the loop starts under torchrun (2 gloo processes here); rank 0 writes the model and
+    the whole run's metrics, the stage is marked done, and a second ``cem run`` has nothing
+    left to do."""
+    from cem.layout import RoundDir, read_marker
+    from cem.loop.run import run_loop
+
+    root = tmp_path / "run"
+    cfg = compose("run", "experiment=fast", "eval.progress=false", "logger=csv",
+                  f"run_dir={root}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")  # fmt: skip
+    summary = run_loop(cfg)
+    said = " ".join(capfd.readouterr().err.split())
+    assert said.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 3
+    assert [e.round for e in summary.rounds] == [0, 1, 2]
+    for stage in ("warmup", "round_1", "round_2"):
+        folder = RoundDir(root / stage)
+        assert read_marker(folder, "train") is not None, stage
+        m = json.loads(folder.train_metrics.read_text())
+        assert m["rows_reached"] == m["rows_total"] > 0, stage
+        logs = sorted((root / stage / "train_logs").rglob("metrics.csv"))
+        assert len(logs) == 1, logs  # rank 0 alone logs
+    assert (RoundDir(root / "round_2").model / "model.safetensors").is_file()  # the last kept
+    again = run_loop(cfg)
+    assert [e.metrics for e in again.rounds] == [e.metrics for e in summary.rounds]
+
+
 def answer_logprob(model, tok, prompt: str, answer: str) -> float:
     ids = tok(prompt + answer, return_tensors="pt").input_ids
     n = len(tok(prompt).input_ids)

@@ -232,7 +232,7 @@ def run_loop(cfg: DictConfig) -> dict:
         CemError: the run folder holds a run with another config, or a stage failed.
     """
     from cem.loop.lock import run_lock
-    from cem.training.checks import check_devices, check_one_process
+    from cem.training.checks import check_devices, check_loop_ranks
 
     if OmegaConf.is_missing(cfg, "run_dir") or not cfg.run_dir:
         raise ConfigInvalid(["run_dir must be set to the run's folder (try run_dir=runs/my_run)"])
@@ -241,7 +241,7 @@ def run_loop(cfg: DictConfig) -> dict:
     with run_lock(root):
         problems = check_run(cfg)
         if not problems:  # what this machine lacks, and what cem run cannot start
-            problems += check_devices(cfg.trainer) + check_one_process(cfg.trainer)
+            problems += check_devices(cfg.trainer) + check_loop_ranks(cfg.trainer)
         if problems:
             raise ConfigInvalid(problems)
         # Resolved once, choices as plain strings: the run folder's config, its keys and the

@@ -237,6 +237,8 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
     A ``model_in`` link to ``base`` is left in ``folder``, so that ``cem train
     run_dir=<folder>`` re-runs this stage alone.
     """
+    from cem.training.checks import training_ranks
+    from cem.training.launch import launch_training
     from cem.training.train import train_round
 
     if base is not None:
@@ -244,7 +246,12 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
         link = RoundDir(folder).model_in
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
-    m = train_round(train_job(cfg, folder, steps, warmup), folder, base, loggers)
+    job = train_job(cfg, folder, steps, warmup)
+    ranks, _ = training_ranks(job.trainer)
+    if ranks > 1:  # one process per device, started here (the W&B step mirror stays behind)
+        m = launch_training(job, folder, base, ranks)
+    else:
+        m = train_round(job, folder, base, loggers)
     keys = (
         "steps",
         "loss_first",

@@ -100,10 +100,8 @@ def check_devices(tr: DictConfig) -> list[str]:
     return []
 
 
-def check_one_process(tr: DictConfig) -> list[str]:
-    """``cem run`` trains inside its own process: a trainer with more than one rank would
-    have Lightning (or SLURM) start the rest by re-running the whole loop, which the run
-    folder's lock stops, leaving rank 0 waiting for them. Refused before compute."""
+def training_ranks(tr: DictConfig) -> tuple[int, int]:
+    """The training ranks that ``trainer`` asks for: (per node, nodes)."""
     import torch
 
     devices, nodes = tr.get("devices", "auto"), int(tr.get("num_nodes", 1))
@@ -115,13 +113,25 @@ def check_one_process(tr: DictConfig) -> list[str]:
         per_node = torch.cuda.device_count()  # -1 / auto: every visible GPU
     else:
         per_node = 1
-    ranks = per_node * nodes
-    if ranks == 1:
-        return []
-    return [f"trainer.devices={devices} on trainer.num_nodes={nodes} makes {ranks} training "
-            "ranks, and cem run trains in one process (try trainer.devices=1, or train a "
-            "round's stage alone on N GPUs: torchrun --nproc_per_node=N -m cem train "
-            "run_dir=<run>/round_<r> trainer=ddp trainer.devices=N)"]  # fmt: skip
+    return per_node, nodes
+
+
+def check_loop_ranks(tr: DictConfig) -> list[str]:
+    """``cem run`` starts a stage's training ranks on this machine itself
+    (``cem.training.launch``), one per device: several nodes it cannot start, and a list of
+    devices it does not pick out. Refused before compute."""
+    devices = tr.get("devices", "auto")
+    per_node, nodes = training_ranks(tr)
+    if nodes > 1:
+        return [f"trainer.num_nodes={nodes}: cem run starts its training ranks on this machine "
+                "only (try trainer.num_nodes=1, or train a round's stage alone on several "
+                "nodes: torchrun --nnodes=M --nproc_per_node=N -m cem train "
+                "run_dir=<run>/round_<r> trainer=ddp trainer.devices=N trainer.num_nodes=M)"]  # fmt: skip
+    if OmegaConf.is_list(devices) and per_node > 1:
+        return [f"trainer.devices={list(devices)}: cem run starts one training rank per device "
+                f"and takes a count (try trainer.devices={per_node} with "
+                "CUDA_VISIBLE_DEVICES naming the GPUs)"]  # fmt: skip
+    return []
 
 
 def _literals(t: object) -> list:

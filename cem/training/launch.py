@@ -1,0 +1,71 @@
+"""One training stage on several ranks of this machine, started by the loop itself.
+
+``cem run trainer=ddp trainer.devices=N`` (or ``fsdp``, ``deepspeed_zero3``) trains each
+round, and the warm-up, as N processes under ``torch.distributed.run``, one per device: the
+loop process does not take part, so Lightning never re-runs the whole loop for its other
+ranks. Every rank runs ``train_round`` on the stage's job (Lightning takes torchrun's ranks,
+as in the ``torchrun -m cem train`` recipe); rank 0 saves the merged model and writes
+``train/metrics.json``, which the loop then reads and marks done as it does one process's.
+A stage stopped part-way resumes from its ``checkpoints/last.ckpt`` on the next ``cem run``.
+Several nodes are not started this way (``check_loop_ranks``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cem.errors import CemError
+
+
+def launch_training(job: DictConfig, folder: Path, base: Path | None, ranks: int) -> dict:
+    """Train ``job`` into ``folder`` on ``ranks`` processes; the metrics rank 0 wrote.
+
+    Raises:
+        CemError: a rank failed (its message is printed above, by that rank).
+    """
+    from cem.io import read_json
+    from cem.layout import RoundDir
+
+    job = OmegaConf.merge(job, {"trainer": {"devices": ranks, "num_nodes": 1}})
+    with tempfile.TemporaryDirectory(prefix="cem-train-") as tmp:
+        path = Path(tmp) / "train.yaml"
+        OmegaConf.save(job, path, resolve=True)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={ranks}", "-m", "cem.training.launch", str(path),
+                   str(folder), str(base or "")]  # fmt: skip
+        code = subprocess.run(command, check=False).returncode
+    if code != 0:
+        raise CemError(f"{folder.name}/train on trainer.devices={ranks} ranks failed (exit "
+                       f"{code}); the failing rank's message is above (try trainer=gpu "
+                       "trainer.devices=1 to train in one process)")  # fmt: skip
+    return read_json(RoundDir(folder).train_metrics)
+
+
+def main(argv: list[str]) -> None:
+    """One rank of ``launch_training``: ``python -m cem.training.launch JOB.yaml FOLDER BASE``
+    (BASE empty: start from the job's ``model``)."""
+    from cem import signals
+    from cem.config import TrainJob
+    from cem.training.train import train_round
+
+    job, folder, base = argv
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainJob), OmegaConf.load(job))
+    signals.install()
+    try:
+        train_round(cfg, Path(folder), Path(base) if base else None)
+    except CemError as e:
+        print(f"cem train (rank {os.environ.get('RANK', '?')}): error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except signals.Interrupted as e:
+        print(f"cem train (rank {os.environ.get('RANK', '?')}): stopped ({e})", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
