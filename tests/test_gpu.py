@@ -195,3 +195,17 @@ def test_two_gpus_score_what_one_process_scores(tmp_path):
     one, two = folder("one"), folder("two", "eval.devices=2")
     for name in OUTPUTS:
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not ON_GPU or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_cem_run_trains_each_stage_on_two_gpus(tmp_path):
+    """``cem run trainer=ddp trainer.devices=2``: each stage trains on 2 GPU ranks (nccl) that
+    the loop starts itself, and every row of each stage's set is reached."""
+    from cem.loop.run import run_loop
+
+    root = tmp_path / "run"
+    run_loop(compose_config("run", *FAST, f"run_dir={root}", "trainer=ddp", "trainer.devices=2",
+                            "model.device=auto"))  # fmt: skip
+    for stage in ("warmup", "round_1", "round_2"):
+        m = json.loads((root / stage / "train" / "metrics.json").read_text())
+        assert m["device"].startswith("cuda") and m["rows_reached"] == m["rows_total"] > 0
