@@ -26,7 +26,7 @@ from cem.curriculum.review import key_sentences, review_rows
 from cem.errors import CemError, ConfigError, DataError
 from cem.knowledge.leak import LeakGuard
 from cem.knowledge.types import Passage
-from cem.records import write_records
+from cem.records import Mistake, write_records
 from cem.validate import ConfigInvalid
 
 COUNTRIES = {  # set -> (country, capital); invented, so nothing is known in advance
@@ -75,13 +75,13 @@ def items(set_: str) -> list[MCItem]:
     return [item(set_, *pair) for pair in COUNTRIES[set_]]
 
 
-def mistake(it: MCItem) -> dict:
-    return {
-        "id": it.id, "set": it.set, "subject": it.subject, "question": it.question,
-        "choices": it.choices, "gold": it.answer, "gold_text": it.gold, "pred": 0,
-        "pred_text": it.choices[0], "margin": -1.0, "reason": "wrong", "meta": it.meta,
-        "keywords": [it.meta["country"], it.gold], "queries": [f"{it.meta['country']} {it.gold}"],
-    }  # fmt: skip
+def mistake(it: MCItem) -> Mistake:
+    return Mistake(
+        id=it.id, set=it.set, subject=it.subject, question=it.question, choices=it.choices,
+        gold=it.answer, gold_text=it.gold, pred=0, pred_text=it.choices[0], margin=-1.0,
+        reason="wrong", meta=it.meta, keywords=[it.meta["country"], it.gold],
+        queries=[f"{it.meta['country']} {it.gold}"],
+    )  # fmt: skip
 
 
 def passages() -> list[Passage]:
@@ -117,7 +117,7 @@ def run(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "bench.jsonl", bench)
     write_jsonl(tmp_path / "alpaca.jsonl", ALPACA)
     d = tmp_path / "D"
-    write_jsonl(d / "mistakes/mistakes.jsonl", [mistake(it) for it in items("exam")])
+    write_records(d / "mistakes/mistakes.jsonl", [mistake(it) for it in items("exam")])
     write_jsonl(d / "knowledge/knowledge.jsonl", [p.to_dict() for p in passages()])
     return tmp_path
 
@@ -192,7 +192,7 @@ def test_extractive_without_the_gold_blanks_another_value_of_the_relation(tok):
     cfg = OmegaConf.structured(ExtractiveConfig(paraphrases=1, open_book=False))
     brevia = mistake(items("exam")[1])  # gold Bremont; other options Zorburg, Quenton...
     text = "Brevia trades with Zorland. The capital of Zorland is Zorburg, on the coast."
-    other = Passage(text, "wiki_offline", "Zorland", 1.0, mistake_ids=[brevia["id"]])
+    other = Passage(text, "wiki_offline", "Zorland", 1.0, mistake_ids=[brevia.id])
     rows = extractive_rows([brevia], [other], cfg, Renderer(tok, chat=False), round_=1)
     assert [r.response for r in rows] == ["Zorburg" + tok.eos_token]
     assert f"The capital of Zorland is {BLANK}, on the coast." in rows[0].prompt

@@ -40,6 +40,7 @@ from cem.curriculum.render import Renderer
 from cem.errors import CemError
 from cem.knowledge import retrieve as retrieve_mod
 from cem.knowledge.types import Passage
+from cem.records import write_records
 from cem.validate import ConfigInvalid
 
 SENTENCE = "Its capital and largest city is Luandra."
@@ -201,7 +202,7 @@ def root(tmp_path, monkeypatch):
     monkeypatch.setattr(render_mod, "load_tokenizer", lambda model: _tokenizer())
     write_jsonl(tmp_path / "bench.jsonl", [it.to_dict() for s in COUNTRIES for it in items(s)])
     write_jsonl(tmp_path / "alpaca.jsonl", ALPACA)
-    write_jsonl(tmp_path / "D/mistakes/mistakes.jsonl", [mistake(it) for it in items("exam")])
+    write_records(tmp_path / "D/mistakes/mistakes.jsonl", [mistake(it) for it in items("exam")])
     write_jsonl(tmp_path / "D/knowledge/knowledge.jsonl", [p.to_dict() for p in passages()])
     return tmp_path
 

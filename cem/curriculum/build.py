@@ -123,13 +123,12 @@ def read_passages(path: Path) -> list[Passage]:
     return [Passage(**{k: v for k, v in r.items() if k in fields}) for r in rows]
 
 
-def read_mistakes(path: Path) -> list[dict]:
-    """The round's mistakes, each checked as a ``Mistake``; the row builders read them as
-    mappings."""
-    return [m.to_json() for m in read_records(path, Mistake)]
+def read_mistakes(path: Path) -> list[Mistake]:
+    """The round's mistakes (``mistakes.jsonl``)."""
+    return read_records(path, Mistake)
 
 
-def load_inputs(run_dir: Path, cfg: DictConfig) -> tuple[list[dict], list[Passage]]:
+def load_inputs(run_dir: Path, cfg: DictConfig) -> tuple[list[Mistake], list[Passage]]:
     """This round's mistakes and passages; under ``cit_only`` either may be missing."""
     folder = RoundDir(run_dir)
     for path in (folder.mistakes, folder.knowledge):
@@ -150,7 +149,7 @@ class Earlier:
 
     folder: Path
     passages: list[Passage] = field(default_factory=list)
-    mistakes: list[dict] = field(default_factory=list)
+    mistakes: list[Mistake] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
 
 
@@ -280,7 +279,7 @@ def related_titles(passages: Sequence[Passage], sets: dict[str, list[MCItem]]) -
 def build_candidates(
     cfg: DictConfig,
     sets: dict[str, list[MCItem]],
-    mistakes: list[dict],
+    mistakes: list[Mistake],
     passages: list[Passage],
     earlier: list[Earlier],
     renderer: Renderer,

@@ -42,6 +42,7 @@ from cem.curriculum.render import Renderer, Row
 from cem.errors import CemError
 from cem.knowledge.keypoints import content_words, find_span
 from cem.knowledge.types import Passage
+from cem.records import Mistake
 
 BLANK = "____"
 # Split after . ! ? (optionally closing quotes/brackets) when a capital, digit or quote follows.
@@ -91,11 +92,11 @@ def split_sentences(text: str) -> list[str]:
     return parts
 
 
-def mistake_keywords(mistake: dict) -> list[str]:
+def mistake_keywords(mistake: Mistake) -> list[str]:
     """The mistake's keywords, else the content words of its queries."""
-    words = [k for k in mistake.get("keywords") or [] if k.strip()]
+    words = [k for k in mistake.keywords if k.strip()]
     if not words:
-        words = content_words(" ".join(mistake.get("queries") or []))
+        words = content_words(" ".join(mistake.queries))
     return words
 
 
@@ -116,7 +117,7 @@ class Fact:
         return self.sentence[: self.span[0]] + BLANK + self.sentence[self.span[1] :]
 
 
-def facts_of(mistake: dict, passage: Passage) -> list[Fact]:
+def facts_of(mistake: Mistake, passage: Passage) -> list[Fact]:
     """The passage's sentences that state the mistake's answer, blanked there.
 
     The gold answer's sentences when the passage holds it; else the sentences stating one
@@ -124,8 +125,8 @@ def facts_of(mistake: dict, passage: Passage) -> list[Fact]:
     that name the question's subject come first, each group in text order.
     """
     sents = split_sentences(passage.text)
-    gold = mistake.get("gold_text") or ""
-    others = [c for c in mistake.get("choices") or [] if c and c.casefold() != gold.casefold()]
+    gold = mistake.gold_text or ""
+    others = [c for c in mistake.choices if c and c.casefold() != gold.casefold()]
     for answers in ([gold], others):
         found = []
         for s in sents:
@@ -139,7 +140,7 @@ def facts_of(mistake: dict, passage: Passage) -> list[Fact]:
     return []
 
 
-def topic_of(passage: Passage, mistake: dict) -> str:
+def topic_of(passage: Passage, mistake: Mistake) -> str:
     """What a closed-book cloze is about: the passage title, else the main keyword."""
     keywords = mistake_keywords(mistake)
     return passage.title or (keywords[0] if keywords else passage.doc_id)
@@ -219,7 +220,7 @@ def llm_questions(
 
 
 def extractive_rows(
-    mistakes: Sequence[dict],
+    mistakes: Sequence[Mistake],
     passages: Iterable[Passage],
     cfg: DictConfig,
     renderer: Renderer,
@@ -249,9 +250,9 @@ def extractive_rows(
             by_mistake.setdefault(mid, []).append(p)
     facts = []
     for mistake in mistakes:
-        for passage in by_mistake.get(mistake["id"], []):
+        for passage in by_mistake.get(mistake.id, []):
             topic = topic_of(passage, mistake)
-            facts += [(fact, topic, mistake["id"]) for fact in facts_of(mistake, passage)]
+            facts += [(fact, topic, mistake.id) for fact in facts_of(mistake, passage)]
     questions: list[str | None] = [None] * len(facts)
     if cfg.question_source == "llm":
         if generate is None:

@@ -18,6 +18,7 @@ from cem.curriculum.extractive import mistake_keywords, split_sentences
 from cem.curriculum.render import Renderer, Row
 from cem.knowledge.leak import tokens
 from cem.knowledge.types import Passage
+from cem.records import Mistake
 
 QUESTION = "What do you know about {topic}?"
 
@@ -69,8 +70,8 @@ def _group_rows(
 
 def review_rows(
     passages: Sequence[Passage],
-    mistakes: Sequence[dict],
-    earlier: Sequence[tuple[list[Passage], list[dict]]],
+    mistakes: Sequence[Mistake],
+    earlier: Sequence[tuple[list[Passage], list[Mistake]]],
     cfg: DictConfig,
     renderer: Renderer,
     round_: int,
@@ -87,12 +88,12 @@ def review_rows(
         round_: the round being built.
         seed: seeds the sample of earlier passages.
     """
-    keywords = {m["id"]: mistake_keywords(m) for m in mistakes}
+    keywords = {m.id: mistake_keywords(m) for m in mistakes}
     rows = _group_rows(passages, keywords, cfg, renderer, round_)
     old = [p for ps, _ in earlier for p in ps]
     n = round(cfg.earlier_rounds_sample * len(old))
     if n:
-        old_keywords = {m["id"]: mistake_keywords(m) for _, ms in earlier for m in ms}
+        old_keywords = {m.id: mistake_keywords(m) for _, ms in earlier for m in ms}
         sample = random.Random(seed).sample(old, n)
         rows += _group_rows(sample, old_keywords, cfg, renderer, round_)
     return rows
