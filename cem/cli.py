@@ -47,6 +47,7 @@ commands:
   report     a sweep's runs as one table: cem report multirun/<table> (cem report --help)
   inspect    one run's exam mistakes on one page: cem inspect RUN_DIR -> RUN_DIR/inspect.html
   verify     check every finished stage's files against its done-marker: cem verify RUN_DIR
+  archive    a sweep's evidence without its models, to commit: cem archive multirun/<table> DEST
   assets     fetch, list or verify the offline assets (cem assets --help)
 
 Hydra options work after the command: `cem eval --cfg job` prints the composed config,
@@ -185,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             from cem.loop.verify import main as verify_main
 
             return verify_main(rest)
+        if command == "archive":
+            from cem.loop.archive import main as archive_main
+
+            return archive_main(rest)
         if command not in HYDRA_COMMANDS:
-            known = ", ".join([*HYDRA_COMMANDS, "report", "inspect", "verify", "assets"])
+            known = ", ".join([*HYDRA_COMMANDS, "report", "inspect", "verify", "archive", "assets"])
             raise CemError(
                 f"unknown command {command!r}; known commands: {known} (try `cem --help`)"
             )

@@ -14,6 +14,7 @@ folders the stage writes (``OUTPUTS``); ``read_marker`` is the one reading of it
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -214,6 +215,11 @@ class RunDir:
         """The command line overrides of the Hydra job that ran here."""
         return self.hydra / "overrides.yaml"
 
+    @property
+    def hydra_config(self) -> Path:
+        """The config Hydra composed for the last command run here."""
+        return self.hydra / "config.yaml"
+
 
 # The files of a run folder that belong to the run as a whole, beside its round folders:
 # the results the loop rewrites at its end (and `cem inspect`'s page), the reports `cem report`
@@ -226,6 +232,25 @@ REPORTS = (REPORT_MD, REPORT_CSV, REPORT_PNG)
 LOCK, LOCK_HOLDER = ".lock", ".lock.json"
 LOCKS = (LOCK, LOCK_HOLDER)
 WANDB = "wandb"  # W&B's own folder (``dir=<run folder>``)
+
+
+def evidence(run: RunDir, rows_of: Iterable[RoundDir] | None = None) -> list[Path]:
+    """The files of a finished run that ``cem report`` and ``cem inspect`` read, the ones
+    ``cem archive`` keeps (those that exist). Always: the run's configs, overrides and
+    results, and per round folder the small ones (eval metrics, the general probe, timing,
+    the knowledge, training-set and training stats, the diagnostics). The per-item files
+    (eval records, mistakes, kept passages, training rows) of the round folders in
+    ``rows_of``, or of every round folder when None. Models, checkpoints and logs never."""
+    files = [run.config, run.summary, run.metrics_csv, run.overrides, run.hydra_config]
+    folders = [*run.rounds(), run.warmup]
+    with_rows = None if rows_of is None else {f.path for f in rows_of}
+    for folder in folders:
+        files += [folder.eval_metrics, folder.general, folder.eval_timing,
+                  folder.knowledge_stats, folder.train_set_stats, folder.train_metrics,
+                  folder.diagnostics]  # fmt: skip
+        if with_rows is None or folder.path in with_rows:
+            files += [folder.records, folder.mistakes, folder.knowledge, folder.train_set]
+    return [f for f in files if f.is_file()]
 
 
 def round_index(folder: Path) -> int | None:

@@ -416,6 +416,17 @@ def test_every_table_runs_on_the_tiny_model_and_reports(table, tmp_path, monkeyp
     rows = list(csv.DictReader(paths["csv"].open()))
     variants = {r["variant"] for r in rows}
     assert len(variants) == max(n_jobs, 1)
+    if table == "paradigm":  # the archive of real runs: the same report, and inspect works
+        from cem.loop.archive import archive
+
+        kept = tmp_path / "archive" / table
+        assert archive(sweep, kept)["skipped"] == []
+        assert not list(kept.rglob("*.safetensors"))
+        again = make_report(kept, tmp_path / "again", draw=False)
+        assert again["md"].read_text() == paths["md"].read_text()
+        assert again["csv"].read_text() == paths["csv"].read_text()
+        assert archive(sweep, tmp_path / "full", full=True)["full"]
+        assert main(["inspect", str(tmp_path / "full" / runs[0].path.relative_to(sweep))]) == 0
     if table == "data_efficiency":
         full = next(r for r in runs if "full_corpus_cpt_steps" in str(r.path))
         stats = json.loads((full.path / "round_1" / "knowledge" / "stats.json").read_text())
