@@ -406,3 +406,22 @@ def test_the_ranks_totals_merge_into_the_whole_run_s():
         {"epoch": 1, "loss": 10.0 / 6, "loss_cpt": 5.0 / 3, "loss_cit": 5.0 / 3},
     ]
     assert merge_totals([a])["epochs"] == a["epochs"]  # one rank: its own means
+
+
+def test_after_a_resume_the_ranks_totals_merge_by_epoch_number():
+    """A checkpoint holds the whole run's totals (rank 0 carries them on); after the resume
+    the other ranks hold only the epochs since: epoch 1 adds both ranks, epoch 0 is rank 0's
+    whole-run record, and the open epoch's sums add up."""
+    from cem.training.module import merge_totals, new_totals
+
+    a, b = new_totals(), new_totals()
+    a["epochs"] = [{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.5}]
+    a["closed_sums"] = [{"loss": [8.0, 4]}, {"loss": [3.0, 2]}]
+    b["epochs"], b["closed_sums"] = [{"epoch": 1, "loss": 1.0}], [{"loss": [1.0, 1]}]
+    a["open_epoch"] = b["open_epoch"] = 2
+    a["epoch_sums"]["loss"], b["epoch_sums"]["loss"] = [1.0, 2], [2.0, 2]
+    whole = merge_totals([a, b])
+    assert whole["epochs"] == [{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 4.0 / 3}]
+    assert whole["open_epoch"] == 2 and whole["epoch_sums"]["loss"] == [3.0, 4]
+    old = {**a, "closed_sums": a["closed_sums"][1:]}  # an older cem kept no sums for epoch 0
+    assert merge_totals([old, b])["epochs"] == whole["epochs"]

@@ -75,6 +75,64 @@ def test_two_ranks_metrics_are_the_whole_run_s(tmp_path):
     assert len(two["epoch_losses"]) == 1 and two["tokens_per_s"] > 0
 
 
+STOP_AT_STEP = """
+import os, sys
+from cem.cli import main
+from cem.training.module import CemLM
+
+stop_at, original = int(os.environ.get("STOP_AT", "-1")), CemLM.on_train_batch_end
+
+def stop(self, outputs, batch, batch_idx):
+    original(self, outputs, batch, batch_idx)  # after the step's checkpoint
+    if self.global_step == stop_at:
+        raise RuntimeError(f"stopped at step {stop_at}")
+
+CemLM.on_train_batch_end = stop
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_ranks_resumed_mid_epoch_count_every_ranks_share(tmp_path):
+    """2 gloo ranks under torchrun stopped mid-epoch 1 (a checkpoint every step) and run again resume to the totals of an uninterrupted run: every row reached, every
+    loss-bearing token counted once, each epoch's mean over both ranks' tokens."""
+    from test_parallel_eval import child_env
+
+    script = tmp_path / "stop_at.py"
+    script.write_text(STOP_AT_STEP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), "train"]  # fmt: skip
+    args = [a for a in DDP_ARGS if not a.startswith("train.max_steps")]
+    args += ["train.max_steps=-1", "train.epochs=2", "train.checkpoint_every_n_steps=1",
+             "train.lora.dropout=0", "train.seq_len=48"]  # fmt: skip
+    rows = small_set() * 2
+
+    def train(name: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, f"run_dir={tmp_path / name}", *args], cwd=REPO,
+                              env=child_env() | env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+
+    for name in ("whole", "resumed"):
+        write_set(tmp_path / name, rows)
+    assert (proc := train("whole")).returncode == 0, proc.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "train" / "metrics.json").read_text())
+    per_epoch = whole["steps"] // 2
+    assert per_epoch >= 2
+    stop_at = per_epoch + 1  # the first step of epoch 1 is done, the epoch is not
+    stopped = train("resumed", STOP_AT=str(stop_at))
+    assert stopped.returncode != 0 and f"stopped at step {stop_at}" in stopped.stderr
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == stop_at and saved["epoch"] == 1
+    assert (proc := train("resumed")).returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((tmp_path / "resumed" / "train" / "metrics.json").read_text())
+    assert whole["steps"] == resumed["steps"]
+    assert resumed["rows_reached"] == whole["rows_reached"] == len(rows)
+    assert resumed["target_tokens"] == whole["target_tokens"]
+    assert resumed["input_tokens"] == whole["input_tokens"]
+    assert [e["epoch"] for e in resumed["epoch_losses"]] == [0, 1]
+    for r, w in zip(resumed["epoch_losses"], whole["epoch_losses"], strict=True):
+        assert r == pytest.approx(w, rel=1e-6)
+
+
 def test_cem_run_trains_each_stage_on_two_ranks_it_starts_itself(tmp_path, compose, capfd):
     """``cem run trainer=ddp trainer.devices=2``: the warm-up and each round train on 2 ranks
     that the loop starts under torchrun (2 gloo processes here); rank 0 writes the model and

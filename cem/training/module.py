@@ -187,17 +187,32 @@ class CemLM(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable
         }
         # Lightning does not save the RNG; LoRA dropout draws from it.
-        totals = {**self.totals, "rows": sorted(self.totals["rows"])}
+        totals = self.totals
+        if self.trainer.world_size > 1:
+            # Rank 0 writes the file: it holds every rank's totals so far (every rank saves a
+            # checkpoint together, so the gather is safe), and a resume counts them all.
+            totals = merge_totals(gather_objects(self.totals, self.trainer.world_size))
+        totals = {**totals, "rows": sorted(totals["rows"])}
         checkpoint["cem"] = {"totals": totals, "torch_rng": torch.get_rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         totals = checkpoint["cem"]["totals"]
         self.totals = {**totals, "rows": set(totals["rows"])}
         if self.trainer.world_size > 1 and self.trainer.global_rank != 0:
-            # The checkpoint holds rank 0's totals: the other ranks count from the resume on,
-            # so that merge_totals counts rank 0's share once.
+            # The checkpoint holds the whole run's totals until it was saved: rank 0 carries
+            # them on, the other ranks count from the resume on, so that merge_totals counts
+            # each step once.
             self.totals = new_totals()
         torch.set_rng_state(checkpoint["cem"]["torch_rng"])
+
+
+def gather_objects(obj, world_size: int) -> list:
+    """``obj`` of every rank, in rank order (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * world_size
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 # The per-kind losses logged each step: CPT, all CIT types together, and each kind alone.
@@ -232,24 +247,38 @@ def epoch_means(epoch: int, sums: dict[str, list]) -> dict:
 
 def merge_totals(parts: list[dict]) -> dict:
     """The totals of a run whose ranks each hold their own share of the batches: tokens
-    added up, rows joined, each epoch's mean taken over every rank's tokens."""
+    added up, rows joined, each epoch's mean taken over every rank's tokens, the open
+    epoch's sums added up. Epochs are matched by number, not position: after a resume the
+    other ranks hold only the epochs since (``on_load_checkpoint``)."""
     merged = new_totals()
+    by_epoch: dict[int, dict[str, list]] = {}
+    unsummed: dict[int, dict] = {}  # epochs closed without their sums kept: their means
     for part in parts:
         for kind, n in part["tokens"].items():
             merged["tokens"][kind] += n
         merged["input_tokens"] += part["input_tokens"]
         merged["rows"] |= set(part["rows"])
-    n_epochs = max(len(p["closed_sums"]) for p in parts)
-    for i in range(n_epochs):
-        sums = {g: [0.0, 0] for g in EPOCH_GROUPS}
-        for part in parts:
-            if i < len(part["closed_sums"]):
-                for group, (total, count) in part["closed_sums"][i].items():
-                    sums[group][0] += total
-                    sums[group][1] += count
-        epoch = next(p["epochs"][i]["epoch"] for p in parts if i < len(p["epochs"]))
-        merged["epochs"].append(epoch_means(epoch, sums))
-        merged["closed_sums"].append(sums)
+        closed = part.get("closed_sums", [])
+        # A checkpoint of an older cem kept no sums for the epochs it had closed.
+        n_unsummed = len(part["epochs"]) - len(closed)
+        for means in part["epochs"][:n_unsummed]:
+            unsummed.setdefault(means["epoch"], means)
+        for means, part_sums in zip(part["epochs"][n_unsummed:], closed, strict=True):
+            sums = by_epoch.setdefault(means["epoch"], {g: [0.0, 0] for g in EPOCH_GROUPS})
+            for group, (total, count) in part_sums.items():
+                sums[group][0] += total
+                sums[group][1] += count
+        if part["open_epoch"] is not None:
+            merged["open_epoch"] = part["open_epoch"]
+            for group, (total, count) in part["epoch_sums"].items():
+                merged["epoch_sums"][group][0] += total
+                merged["epoch_sums"][group][1] += count
+    for epoch in sorted(by_epoch.keys() | unsummed.keys()):
+        if epoch in by_epoch:
+            merged["epochs"].append(epoch_means(epoch, by_epoch[epoch]))
+            merged["closed_sums"].append(by_epoch[epoch])
+        else:
+            merged["epochs"].append(unsummed[epoch])
     return merged
 
 

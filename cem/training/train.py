@@ -240,13 +240,10 @@ def whole_run(trainer, totals: dict, throughput: dict) -> tuple[dict, dict]:
     """Every rank's totals and throughput, gathered and merged (a collective: every rank
     calls it): tokens and rows of all ranks, and tokens/s as all ranks' tokens over the
     slowest rank's seconds."""
-    import torch.distributed as dist
-
-    from cem.training.module import merge_totals
+    from cem.training.module import gather_objects, merge_totals
 
     mine = {**totals, "rows": sorted(totals["rows"]), "throughput": throughput}
-    parts: list = [None] * trainer.world_size
-    dist.all_gather_object(parts, mine)
+    parts = gather_objects(mine, trainer.world_size)
     tp = {"tokens": sum(p["throughput"]["tokens"] for p in parts),
           "seconds": max(p["throughput"]["seconds"] for p in parts)}  # fmt: skip
     return merge_totals(parts), tp
