@@ -377,7 +377,7 @@ def test_missing_inputs_name_the_command(run, compose):
 
 def test_bad_rows_of_inputs_name_file_and_line(run, compose):
     write_jsonl(run / "D/knowledge/knowledge.jsonl", [passages()[0].to_dict(), {"text": "x"}])
-    with pytest.raises(DataError, match=r"knowledge.jsonl:2: missing field\(s\) source, doc_id"):
+    with pytest.raises(DataError, match=r"knowledge.jsonl:2: missing field 'source'"):
         run_build(compose("build", *round_of(run)))
 
 

@@ -22,8 +22,7 @@ from cem.config import resolve_run_dir
 from cem.curriculum.extractive import MAX_PARAPHRASES
 from cem.curriculum.mixing import cit_ratio, order_rows, replay_rows, select
 from cem.curriculum.render import CIT_KINDS, COLUMNS, KINDS, Renderer, Row
-from cem.errors import CemError, DataError
-from cem.io import iter_jsonl
+from cem.errors import CemError
 from cem.knowledge.leak import guard_pairs
 from cem.knowledge.types import Passage
 from cem.layout import RoundDir, write_stage_config
@@ -107,20 +106,9 @@ def check_build(cfg: DictConfig) -> list[str]:
     return [x for x in problems if x]
 
 
-def _read_records(path: Path, required: Sequence[str]) -> list[dict]:
-    rows = []
-    for lineno, row in iter_jsonl(path):
-        missing = [k for k in required if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise DataError(path, lineno, f"missing field(s) {', '.join(missing)}")
-        rows.append(row)
-    return rows
-
-
 def read_passages(path: Path) -> list[Passage]:
-    fields = Passage.__dataclass_fields__
-    rows = _read_records(path, ("text", "source", "doc_id", "score"))
-    return [Passage(**{k: v for k, v in r.items() if k in fields}) for r in rows]
+    """The round's kept passages (``knowledge.jsonl``)."""
+    return read_records(path, Passage)
 
 
 def read_mistakes(path: Path) -> list[Mistake]:

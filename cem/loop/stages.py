@@ -248,7 +248,9 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
     job = train_job(cfg, folder, steps, warmup)
     ranks, _ = training_ranks(job.trainer)
-    if ranks > 1:  # one process per device, started here (the W&B step mirror stays behind)
+    # One process per device, started here; the W&B mirror then gets the stage's steps from
+    # rank 0's CSV log when the stage ends (RunLogger.update), not live.
+    if ranks > 1:
         m = launch_training(job, folder, base, ranks)
     else:
         m = train_round(job, folder, base, loggers)
