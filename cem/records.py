@@ -372,6 +372,8 @@ class RunSummary(Record):
         best_round: the round with the best exam accuracy (None before a round is scored).
         stopped: ``{"reason", "round"}`` once the loop has stopped; None while it runs.
         seconds: ``total`` and ``cpu_total`` over every stage.
+        code: what the run's stages ran with (``cem.provenance.provenance``), one entry per
+            distinct code fingerprint; empty for a run made before cem recorded it.
     """
 
     protocol: str
@@ -385,6 +387,7 @@ class RunSummary(Record):
     best_round: int | None
     stopped: dict[str, Any] | None
     seconds: dict[str, float]
+    code: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.rounds or self.rounds[0].kind is not EntryKind.ROUND_0:

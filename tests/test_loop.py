@@ -229,6 +229,21 @@ def fast_run(tmp_path_factory, compose):
 
 
 @pytest.mark.e2e
+def test_every_stage_records_the_code_it_ran_with(fast_run):
+    import torch
+
+    from cem.provenance import code_fingerprint, git_commit
+
+    root, summary = fast_run
+    assert read_marker(root / "round_1", "train")["code"] == summary.code[0]
+    assert len(summary.code) == 1  # one process, one code version for every stage
+    code = summary.code[0]
+    assert code["code"] == code_fingerprint()[:16] and code["threads"] == torch.get_num_threads()
+    assert (code["commit"], code["dirty"]) == git_commit()
+    assert code["torch"] == torch.__version__
+
+
+@pytest.mark.e2e
 def test_loop_writes_every_file(fast_run):
     root, summary = fast_run
     expected = [

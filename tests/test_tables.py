@@ -297,6 +297,34 @@ def test_report_against_refuses_what_it_cannot_pair(tmp_path):
         make_report(tmp_path / "x", draw=False, against="paradigm=parallel")
 
 
+def test_report_names_the_code_and_warns_when_runs_differ_in_it(tmp_path):
+    def code(fp, commit="f115e34aa", dirty=False, threads=2):
+        return {"cem": "0.1.0", "code": fp, "commit": commit, "dirty": dirty,
+                "torch": "2.13.0", "transformers": "5.17.0", "threads": threads}  # fmt: skip
+
+    same = {f"paradigm={p},seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])
+            | {"code": [code("aaaa")]} for p in ("parallel", "cpt_only")}  # fmt: skip
+    fake_sweep(tmp_path / "same", same)
+    md = make_report(tmp_path / "same", draw=False)["md"].read_text()
+    assert ("`aaaa` (commit f115e34aa; cem 0.1.0, torch 2.13.0, transformers 5.17.0, "
+            "2 threads): 2 runs") in md  # fmt: skip
+    assert "Warning" not in md
+    mixed = {"paradigm=parallel,seed=0": same["paradigm=parallel,seed=0"],
+             "paradigm=cpt_only,seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])
+             | {"code": [code("bbbb", dirty=True, threads=1)]},
+             "paradigm=cpt_only,seed=1": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])}  # fmt: skip
+    fake_sweep(tmp_path / "mixed", mixed)
+    md = make_report(tmp_path / "mixed", draw=False)["md"].read_text()
+    assert "**Warning: the runs ran on 2 code versions**" in md
+    assert "`bbbb` (commit f115e34aa with changes;" in md and "1 threads): 1 runs" in md
+    assert "not recorded by 1 runs" in md
+    fake_sweep(tmp_path / "old", {"seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])})
+    assert (
+        "Code: not recorded (the 1 runs"
+        in make_report(tmp_path / "old", draw=False)["md"].read_text()
+    )
+
+
 def test_report_leaves_out_runs_still_going(tmp_path):
     going = summary([0.5, 0.6, 0.1], [0.5, 0.6, 0.1]) | {"stopped": None}
     fake_sweep(tmp_path, {"paradigm=parallel,seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7]),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from cem.errors import CemError
 
 if TYPE_CHECKING:
-    from cem.loop.variants import Variant
+    from cem.loop.variants import Run, Variant
 
 CLAIMS = ("exam", "test", "knowledge")  # the gains every row is judged on
 CLAIM_NAMES = {"exam": "Δexam", "test": "schema gain (Δtest)", "knowledge": "knowledge gain"}
@@ -213,7 +213,39 @@ def markdown(root: Path, variants: list[Variant], stats: list[dict[str, dict]],
     if single:
         lines += ["", "One run only (no spread over seeds; the item-level intervals are the"
                   " run's own): " + ", ".join(f"`{s}`" for s in single)]  # fmt: skip
+    lines += ["", *code_lines([r for v in variants for r in v.runs])]
     lines += ["", "Runs:", ""]
     lines += [f"- {v.label}: " + ", ".join(f"`{r.path.relative_to(root)}`" for r in v.runs)
               for v in variants]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def code_lines(runs: list[Run]) -> list[str]:
+    """What code the runs ran with (``RunSummary.code``), and a warning when it differs."""
+    versions: dict[str, dict] = {}
+    users: dict[str, int] = {}
+    unrecorded = 0
+    for r in runs:
+        if not r.summary.code:
+            unrecorded += 1
+        for c in r.summary.code:
+            versions.setdefault(c["code"], c)
+            users[c["code"]] = users.get(c["code"], 0) + 1
+
+    def describe(c: dict) -> str:
+        commit = (c["commit"] or "")[:9]
+        where = f"commit {commit}{' with changes' if c['dirty'] else ''}" if commit else "no git"
+        return (f"`{c['code']}` ({where}; cem {c['cem']}, torch {c['torch']}, transformers "
+                f"{c['transformers']}, {c['threads']} threads): {users[c['code']]} runs")  # fmt: skip
+
+    if not versions:
+        return [f"Code: not recorded (the {unrecorded} runs were made before cem recorded it)."]
+    out = ["Code (source, library versions and threads, by fingerprint): "
+           + "; ".join(describe(c) for c in versions.values())]  # fmt: skip
+    if unrecorded:
+        out[0] += f"; not recorded by {unrecorded} runs (made before cem recorded it)"
+    if len(versions) > 1:
+        out += ["", f"**Warning: the runs ran on {len(versions)} code versions**; a row that "
+                "differs from another in code as well as in its overrides may owe the "
+                "difference to either."]  # fmt: skip
+    return out

@@ -18,7 +18,6 @@ match the manifest is dropped with a warning and computed again.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -44,6 +43,7 @@ from cem.layout import (
     read_marker,
 )
 from cem.loop import stages
+from cem.provenance import code_fingerprint
 from cem.records import read_summary
 from cem.ui import console, warn
 
@@ -56,25 +56,6 @@ def cache_dir() -> Path:
 
     env = os.environ.get("CEM_SHARE_CACHE")
     return Path(env).expanduser() if env else cache_root() / "shared"
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    """The sha256 of the package's source and of what else can move a number."""
-    import torch
-    import transformers
-
-    import cem
-
-    h = hashlib.sha256()
-    for path in sorted(Path(cem.__file__).parent.rglob("*.py")):
-        h.update(path.relative_to(Path(cem.__file__).parent).as_posix().encode())
-        h.update(path.read_bytes())
-    h.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
-    h.update(f"threads={torch.get_num_threads()}".encode())
-    # model.device=auto scores on the GPU where there is one: other kernels, other numbers.
-    h.update(f"cuda={torch.cuda.get_device_name() if torch.cuda.is_available() else None}".encode())
-    return h.hexdigest()
 
 
 def _without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:

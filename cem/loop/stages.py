@@ -26,6 +26,7 @@ from cem.errors import CemError
 from cem.io import public_perms, remove_stale, write_json
 from cem.layout import RoundDir, RunDir, read_marker
 from cem.loop.verify import check_marker, hash_outputs
+from cem.provenance import provenance
 from cem.ui import console, warn
 
 
@@ -66,7 +67,8 @@ def run_stage(folder: Path, stage: str, task: Callable[[], dict | None]) -> dict
     its marker last, with the sha256 of every file it vouches for (``verify.OUTPUTS``).
 
     Returns:
-        The marker: ``{"stage", "seconds", "cpu_seconds", "finished_at", "result", "files"}``.
+        The marker: ``{"stage", "seconds", "cpu_seconds", "finished_at", "result", "files",
+        "code"}`` (``code``: ``cem.provenance.provenance``).
     """
     done = read_marker(folder, stage)
     if done is not None:
@@ -88,6 +90,7 @@ def run_stage(folder: Path, stage: str, task: Callable[[], dict | None]) -> dict
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "result": result,
         "files": hash_outputs(folder, stage),
+        "code": provenance(),
     }
     write_json(RoundDir(folder).marker(stage), info)
     return info

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cem.io import read_json
-from cem.layout import RoundDir, RunDir, read_marker
+from cem.layout import STAGES, RoundDir, RunDir, read_marker
 from cem.loop import diagnostics
 from cem.records import (
     ROUND_0_LABEL,
@@ -227,7 +227,23 @@ def build_summary(root: Path, cfg: DictConfig, stopped: str | None = None) -> Ru
         e = s.entry
         cpt_so_far += e.trained_tokens.get("cpt", e.cpt_tokens)
         e.data_efficiency = efficiency(gains(ref.entry.metrics, e.metrics), cpt_so_far)
-    return _top(cfg, r0.entry, warm.entry if warm else None, [s.entry for s in rounds], stopped)
+    summary = _top(cfg, r0.entry, warm.entry if warm else None, [s.entry for s in rounds],
+                   stopped)  # fmt: skip
+    summary.code = stage_code(root)
+    return summary
+
+
+def stage_code(root: Path) -> list[dict]:
+    """The code the run's finished stages ran with, one entry per fingerprint (the markers
+    of runs made before cem recorded it hold none)."""
+    run, seen = RunDir(root), {}
+    for folder in [*run.rounds(), run.warmup]:
+        for stage in STAGES:
+            m = read_marker(folder, stage) if folder.marker(stage).is_file() else None
+            code = (m or {}).get("code")
+            if isinstance(code, dict) and code.get("code") not in seen:
+                seen[code.get("code")] = code
+    return list(seen.values())
 
 
 def _top(cfg: DictConfig, r0: RoundSummary, warm: RoundSummary | None,
