@@ -224,6 +224,11 @@ def test_offline_files_hold_rounds_intervals_tables_and_the_plot(continued):
     plot = [h for h in run.history if "summary_plot/_type" in h]
     assert plot and plot[0]["summary_plot/_type"] == "image-file"
     assert run.summary["stopped"] == {"reason": "rounds", "round": 2}
+    # the run's config holds the code beside the loop's config
+    from cem.provenance import provenance
+
+    config = {i.key: json.loads(i.value_json) for i in run.run.config.update}
+    assert config["code"] == provenance() and config["seed"] == summary["seed"]
 
 
 def files_dir(root: Path) -> Path:

@@ -37,6 +37,7 @@ from cem.choices import LoggerBackend
 from cem.io import atomic_open
 from cem.layout import RoundDir, RunDir, read_marker
 from cem.loop.diagnostics import flags_by_id
+from cem.provenance import provenance
 from cem.records import EntryKind, Mistake, RoundSummary, RunSummary, read_records
 from cem.ui import console
 
@@ -313,7 +314,8 @@ def init_wandb(cfg: DictConfig, root: Path):
         name=root.name,
         job_type=job_type(cfg, root),
         tags=list(dict.fromkeys([*lg.tags, cfg.protocol.name])),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        # the code beside the config: W&B's own git record misses a wheel install and threads
+        config={**OmegaConf.to_container(cfg, resolve=True), "code": provenance()},
         dir=str(root),
     )
     mode = wandb_mode(cfg)
