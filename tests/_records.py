@@ -50,5 +50,5 @@ def run_summary(rounds: list[dict], warmup: dict | None = None, **fields: Any) -
         "protocol": "heldout", "model": "m", "benchmark": "b", "seed": 0,
         "reference": "warmup" if warmup else "round_0", "rounds": rounds, "warmup": warmup,
         "gains": None, "best_round": None, "stopped": None,
-        "seconds": {"total": 0.0, "cpu_total": 0.0},
+        "seconds": {"total": 0.0, "cpu_total": 0.0}, "code": [],
     } | fields  # fmt: skip
