@@ -179,6 +179,11 @@ class RunDir:
         """The schema warm-up's build and training."""
         return RoundDir(self.path / WARMUP)
 
+    def scored(self, eval_dir: str) -> RoundDir:
+        """The round folder of an evaluation named by its ``eval_dir`` (relative to the run,
+        as a ``RoundSummary`` records it: ``round_1/eval``)."""
+        return RoundDir((self.path / eval_dir).parent)
+
     def rounds(self) -> list[RoundDir]:
         """The ``round_<k>`` folders there are, in the order of k."""
         found = [p for p in self.path.glob(f"{ROUND_PREFIX}*") if round_index(p) is not None]

@@ -27,6 +27,7 @@ from cem.errors import CemError
 from cem.io import atomic_open, read_json, sha256_file, write_json
 from cem.layout import RoundDir, RunDir, evidence
 from cem.loop.variants import find_runs
+from cem.loop.verify import check_files
 from cem.records import RunSummary
 
 MANIFEST = "archive.json"
@@ -36,10 +37,11 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _copy(src: Path, dst: Path) -> bool:
-    """Copy ``src`` over ``dst`` atomically unless they are already the same; True if copied."""
+def _copy(src: Path, dst: Path, digest: str) -> bool:
+    """Copy ``src`` (whose sha256 is ``digest``) over ``dst`` atomically unless ``dst`` is
+    already the same; True if copied."""
     same_size = dst.is_file() and dst.stat().st_size == src.stat().st_size
-    if same_size and sha256_file(dst) == sha256_file(src):
+    if same_size and sha256_file(dst) == digest:
         return False
     with src.open("rb") as fin, atomic_open(dst, "wb", needed=src.stat().st_size) as fout:
         shutil.copyfileobj(fin, fout)
@@ -49,8 +51,8 @@ def _copy(src: Path, dst: Path) -> bool:
 def compared(run: RunDir, summary: RunSummary) -> list[RoundDir]:
     """The round folders whose per-item files ``cem report`` reads: round 0, and those of the
     reference and the final evaluation (``eval_dir`` is relative to the run)."""
-    evals = [summary.rounds[0], summary.reference_entry, summary.final]
-    return [RoundDir((run.path / e.eval_dir).parent) for e in evals]
+    return [run.scored(e.eval_dir)
+            for e in (summary.rounds[0], summary.reference_entry, summary.final)]  # fmt: skip
 
 
 def archive(sweep: Path, dest: Path, *, full: bool = False) -> dict:
@@ -80,8 +82,8 @@ def archive(sweep: Path, dest: Path, *, full: bool = False) -> dict:
         folder = RunDir(run.path)
         for src in evidence(folder, None if full else compared(folder, run.summary)):
             name = src.relative_to(run.path).as_posix()
-            copied += _copy(src, dest / rel / name)
             files[name] = sha256_file(src)
+            copied += _copy(src, dest / rel / name, files[name])
         entries[rel] = {"seed": run.summary.seed, "files": files}
     manifest = {
         "source": str(sweep),
@@ -101,15 +103,8 @@ def check(dest: Path) -> list[str]:
     if not path.is_file():
         raise CemError(f"{path} not found: {dest} is not an archive (make one with "
                        "`cem archive SWEEP DEST`)")  # fmt: skip
-    problems = []
-    for rel, entry in read_json(path)["runs"].items():
-        for name, digest in entry["files"].items():
-            f = Path(dest) / rel / name
-            if not f.is_file():
-                problems.append(f"{f} is missing")
-            elif sha256_file(f) != digest:
-                problems.append(f"{f} does not match its sha256 in {MANIFEST}")
-    return problems
+    return [problem for rel, entry in read_json(path)["runs"].items()
+            for problem in check_files(Path(dest) / rel, entry["files"], MANIFEST)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from cem.errors import CemError
 from cem.io import read_json
-from cem.layout import RoundDir
+from cem.layout import RoundDir, RunDir
 from cem.records import EvalRecord, RunSummary, read_records
 
 EXAM, TEST = "exam", "test"
@@ -52,7 +52,7 @@ def _probe(folder: RoundDir) -> list[float] | None:
 def load_items(path: Path, summary: RunSummary) -> RunItems:
     """The run's reference and final evaluations (folders named in its summary)."""
     # eval_dir: the round folder's eval/, relative to the run
-    ref_dir, final_dir = (RoundDir((path / e.eval_dir).parent)
+    ref_dir, final_dir = (RunDir(path).scored(e.eval_dir)
                           for e in (summary.reference_entry, summary.final))  # fmt: skip
     for d in (ref_dir, final_dir):
         if not d.records.is_file():

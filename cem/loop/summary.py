@@ -239,8 +239,7 @@ def stage_code(root: Path) -> list[dict]:
     run, seen = RunDir(root), {}
     for folder in [*run.rounds(), run.warmup]:
         for stage in STAGES:
-            m = read_marker(folder, stage) if folder.marker(stage).is_file() else None
-            code = (m or {}).get("code")
+            code = (read_marker(folder, stage) or {}).get("code")
             if isinstance(code, dict) and code.get("code") not in seen:
                 seen[code.get("code")] = code
     return list(seen.values())

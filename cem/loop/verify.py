@@ -34,15 +34,20 @@ def check_marker(folder: Path, marker: dict) -> list[str]:
         predates hashing and records none).
     """
     pruned = tuple(f"{p}/" for p in marker.get("pruned", []))
+    files = {rel: d for rel, d in marker.get("files", {}).items() if not rel.startswith(pruned)}
+    return check_files(folder, files, "the done-marker")
+
+
+def check_files(folder: Path, files: dict[str, str], record: str) -> list[str]:
+    """One line per file of ``files`` (``{path relative to folder: sha256}``, as ``record``
+    lists them) that is missing or changed; empty when every file matches."""
     problems = []
-    for rel, digest in marker.get("files", {}).items():
-        if rel.startswith(pruned):
-            continue
+    for rel, digest in files.items():
         path = folder / rel
         if not path.is_file():
             problems.append(f"{path} is missing")
         elif sha256_file(path) != digest:
-            problems.append(f"{path} does not match its sha256 in the done-marker")
+            problems.append(f"{path} does not match its sha256 in {record}")
     return problems
 
 
