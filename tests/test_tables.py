@@ -482,7 +482,7 @@ def test_a_round_without_cpt_text_stops_the_loop_cleanly(tmp_path, monkeypatch, 
 
 
 @pytest.mark.e2e
-def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
+def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch, capsys):
     from collections import Counter
 
     from cem.layout import read_marker
@@ -515,8 +515,12 @@ def test_table_jobs_share_round_0_and_the_warm_up(tmp_path, monkeypatch):
     entry = next((tmp_path / "share").glob("*/eval/records.jsonl"))
     entry.write_text("{}\n")
     calls.clear()
+    capsys.readouterr()
     assert main(["run", *tiny, "loop.rounds=1", f"run_dir={tmp_path / 'again'}"]) == 0
     assert calls[("eval_task", "round_0")] + calls[("eval_task", "round_1")] == 1
+    seen = capsys.readouterr()
+    warned = "".join((seen.out + seen.err).split())  # rich folds long lines
+    assert f"{entry}doesnotmatchitssha256inmanifest.json" in warned
     assert calls[("train_task", "warmup")] == 0
 
 

@@ -125,16 +125,17 @@ def publish(folder: Path, stage: str, outputs: list[Path], key: str) -> None:
 
 def _valid(entry: Path) -> dict | None:
     """The entry's manifest when every file matches it; a bad entry is removed."""
+    from cem.loop.verify import check_files
+
     try:
         manifest = read_json(entry / MANIFEST)
-        bad = [rel for rel, digest in manifest["files"].items()
-               if not (entry / rel).is_file() or sha256_file(entry / rel) != digest]  # fmt: skip
+        problems = check_files(entry, manifest["files"], MANIFEST)
     except (OSError, ValueError, KeyError) as e:
-        bad = [f"{MANIFEST} ({e})"]
-    if not bad:
+        problems = [f"{entry / MANIFEST} does not read ({e})"]
+    if not problems:
         return manifest
-    console.print(f"[yellow]shared round-0 entry {entry} is corrupt ({bad[0]} does not match its"
-                  " hash); computing the stage again[/]")  # fmt: skip
+    console.print(f"[yellow]shared round-0 entry {entry} is corrupt: {problems[0]}; computing the"
+                  " stage again[/]")  # fmt: skip
     shutil.rmtree(entry, ignore_errors=True)
     return None
 
