@@ -48,6 +48,7 @@ class Interrupted(BaseException):  # noqa: N818 - a stop, not an error
 
 
 class _State:
+    installed = False
     pending: int | None = None
     deferred = 0
     graceful = 0
@@ -62,13 +63,25 @@ def install() -> None:
     a launcher's time-limit signal where a launcher has set a handler for it."""
     if threading.current_thread() is not threading.main_thread():
         return
-    _state.pending, _state.deferred, _state.graceful = None, 0, 0
+    _state.pending, _state.deferred, _state.graceful, _state.installed = None, 0, 0, True
     for signum in SIGNALS:
         signal.signal(signum, _handler)
     for signum in LAUNCHER_SIGNALS:
         previous = signal.getsignal(signum)
         if callable(previous) and previous is not _handler:
             _state.launcher[int(signum)] = previous
+            signal.signal(signum, _handler)
+
+
+def reclaim() -> None:
+    """Put this handler back on SIGTERM and SIGINT where a library has replaced it, as
+    Lightning's trainer does at the start of fit: its own stop skips the checkpoint, and
+    under DDP its handler runs a collective that can meet another rank's training step. A
+    no-op where ``install`` has not run, or off the main thread."""
+    if not _state.installed or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is not _handler:
             signal.signal(signum, _handler)
 
 
@@ -94,9 +107,10 @@ def pending() -> int | None:
     return _state.pending
 
 
-def stop(detail: str = "") -> None:
-    """Act on the pending signal: raise ``Interrupted`` (and forget the signal)."""
-    signum, _state.pending = _state.pending, None
+def stop(detail: str = "", signum: int | None = None) -> None:
+    """Act on the pending signal, or on ``signum`` (another rank's: every rank stops at the
+    same batch): raise ``Interrupted`` (and forget the signal)."""
+    signum, _state.pending = signum or _state.pending, None
     if signum is not None:
         raise Interrupted(signum, detail)
 

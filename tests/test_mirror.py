@@ -19,7 +19,15 @@ from test_loop import FAST
 
 from cem.io import read_json, read_jsonl, write_json
 from cem.layout import RoundDir, read_marker
-from cem.loop.mirror import STEP, RunLogger, csv_steps, flat_entry, job_type, step_base
+from cem.loop.mirror import (
+    STEP,
+    RunLogger,
+    StepFeed,
+    csv_steps,
+    flat_entry,
+    job_type,
+    step_base,
+)
 from cem.records import RoundSummary, RunSummary
 
 
@@ -65,6 +73,63 @@ def test_csv_steps_keep_each_step_once_and_the_resumed_values(tmp_path):
 
 
 ROUND_0_ONLY = RunSummary.from_json(run_summary([entry(0, {})]))
+
+
+class Received:
+    """A Lightning logger's ``log_metrics``, recorded."""
+
+    def __init__(self):
+        self.rows: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.rows.append((step, metrics))
+
+
+def test_step_feed_sends_launched_ranks_rows_as_they_are_written_each_once(tmp_path):
+    """What launched ranks' rank 0 appends to its CSV goes on to the loggers at the next
+    poll, each row once (the epoch row shares its step with the last step row); the row being
+    written and a file caught in the middle of a rewrite wait for a later poll."""
+    got = Received()
+    feed = StepFeed(tmp_path, [got])
+    feed(False)  # no log yet
+    assert got.rows == []
+    path = tmp_path / "train_logs" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    header = "epoch,step,train/epoch_loss,train/loss\n"
+    path.write_text(header + "0,0,,3.5\n0,1,,3.25\n0,2,,3")  # step 2's row being written
+    feed(False)
+    assert got.rows == [(0, {"epoch": 0, "train/loss": 3.5}), (1, {"epoch": 0, "train/loss": 3.25})]
+    path.write_text(header + "0,0,,3.5\n0,1,,3.25\n0,2,,3.125\n0,3,,3.0\n0,")  # cut mid-row
+    feed(False)  # the cut row has no step yet: step 3's row is the last one, and waits
+    assert [s for s, _ in got.rows] == [0, 1, 2]
+    assert got.rows[2] == (2, {"epoch": 0, "train/loss": 3.125})  # not the half-written 3
+    path.write_text(header + "0,0,,3.5\n0,1,,3.25\n0,2,,3.125\n0,3,,3.0\n0,3,2.9,\n")
+    feed(True)  # the ranks have ended: the last row goes too
+    assert got.rows[3:] == [(3, {"epoch": 0, "train/loss": 3.0}),
+                            (3, {"epoch": 0, "train/epoch_loss": 2.9})]  # fmt: skip
+    feed(True)
+    assert len(got.rows) == 5  # nothing twice
+
+
+def test_step_feed_after_a_resume_sends_only_later_steps(tmp_path):
+    """A resumed stage's new CSV version redoes steps already sent: the W&B axis only rises."""
+    write_log(tmp_path, 0, range(0, 4), loss=10)  # killed after step 3, checkpoint at 2
+    got = Received()
+    feed = StepFeed(tmp_path, [got])
+    feed(True)
+    write_log(tmp_path, 1, range(2, 6), loss=20)
+    feed(True)
+    steps = [s for s, _ in got.rows]
+    assert steps == sorted(steps) and [s for s, m in got.rows if "train/loss" in m] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert got.rows[-2:] == [(5, {"epoch": 0, "train/loss": 25, "train/lr": 0.01}),
+                             (5, {"epoch": 0, "train/epoch_loss": 20})]  # fmt: skip
 
 
 def test_a_continued_run_sends_every_step_once_in_rising_order(tmp_path, compose):
@@ -121,6 +186,31 @@ def test_job_type_is_the_row_of_cem_report(tmp_path, compose):
     assert all(len(c) == 64 for c in capped) and capped[0] != capped[1]
     cfg.logger.job_type = "mine"
     assert job_type(cfg, jobs[0]) == "mine"
+
+
+@pytest.mark.e2e
+def test_every_stage_sends_its_steps_to_w_and_b_while_it_trains(tmp_path, compose, monkeypatch):
+    """With W&B on (the default logger), the warm-up's and each round's steps go to the
+    mirror as they are logged, before the stage ends, each CSV row once (once, a round's
+    loggers went where its warm-up flag goes, and its steps came only at the next update)."""
+    from cem.loop import mirror
+    from cem.loop.run import run_loop
+
+    got: list[tuple[str, int, bool]] = []
+    send = mirror.StepLogger.log_metrics
+
+    def sent(self, metrics, step=None):
+        got.append((self.folder.name, step, read_marker(self.folder, "train") is not None))
+        return send(self, metrics, step)
+
+    monkeypatch.setattr(mirror.StepLogger, "log_metrics", sent)
+    monkeypatch.setenv("CEM_SHARE_CACHE", str(tmp_path / "share"))  # each stage trains here
+    root = tmp_path / "run"
+    run_loop(compose("run", f"run_dir={root}", *FAST, "logger=wandb"))
+    for stage in ("warmup", "round_1", "round_2"):
+        steps = [(s, done) for name, s, done in got if name == stage]
+        assert [s for s, _ in steps] == [s for s, _ in csv_steps(root / stage)], stage
+        assert steps and not any(done for _, done in steps), stage
 
 
 # --- end to end: offline W&B files of a killed and continued run --------------------------------

@@ -5,6 +5,9 @@ runs on the CPU; Lightning's FSDP and DeepSpeed strategies need CUDA and are ref
 from __future__ import annotations
 
 import copy
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -194,3 +197,30 @@ def test_cem_run_refuses_training_ranks_it_cannot_start_before_compute(tmp_path,
     assert checks.check_loop_ranks(listed) == [
         "trainer.devices=[0, 2]: cem run starts one training rank per device and takes a count "
         "(try trainer.devices=2 with CUDA_VISIBLE_DEVICES naming the GPUs)"]  # fmt: skip
+
+
+# --- the loop's launched ranks: polled while they run, stopped with the loop -------------------
+
+
+def test_launched_ranks_are_polled_while_they_run_and_once_after():
+    from cem.training.launch import wait_polling
+
+    calls = []
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    assert wait_polling(proc, calls.append, every=0.1) == 0
+    assert calls[-1] is True and calls.count(True) == 1
+    assert calls.count(False) >= 5  # ~14 polls in 1.5 s; under load, fewer
+
+
+def test_a_stopped_loop_stops_its_launched_ranks_with_sigterm():
+    """A stop of the loop (here: the poll fails) reaches torchrun as SIGTERM, which it hands
+    to the ranks so that they save their checkpoint; the stop itself goes on up."""
+    from cem.training.launch import wait_polling
+
+    def fail(final: bool) -> None:
+        raise KeyboardInterrupt
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(KeyboardInterrupt):
+        wait_polling(proc, fail, every=0.1)
+    assert proc.returncode == -signal.SIGTERM

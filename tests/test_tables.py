@@ -557,7 +557,7 @@ def test_the_result_neutral_keys_change_no_run_or_stage_key(compose):
         folder, steps = Path("/tmp/x/round_0"), {"max_steps": 2, "epochs": 1}
         return [run_key(cfg), stage_key("eval", stages.eval_job(cfg, folder, None, ["exam"]), []),
                 stage_key("build", stages.warmup_build_job(cfg, folder), []),
-                stage_key("train", stages.train_job(cfg, folder, steps, True), [])]  # fmt: skip
+                stage_key("train", stages.train_job(cfg, folder, steps, warmup=True), [])]  # fmt: skip
 
     assert set(NEUTRAL_CHANGES) == set(RESULT_NEUTRAL)
     assert keys(*NEUTRAL_CHANGES.values()) == keys()

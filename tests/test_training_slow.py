@@ -160,6 +160,62 @@ def test_cem_run_trains_each_stage_on_two_ranks_it_starts_itself(tmp_path, compo
     assert [e.metrics for e in again.rounds] == [e.metrics for e in summary.rounds]
 
 
+def test_launched_ranks_steps_reach_the_w_and_b_mirror_while_they_train(
+    tmp_path, compose, monkeypatch
+):
+    """With W&B on, the steps of a stage trained on 2 launched ranks go to the loop's mirror
+    while the ranks run (before rank 0 writes ``train/metrics.json``), each CSV row once."""
+    from cem.layout import RoundDir
+    from cem.loop import mirror
+    from cem.loop.run import run_loop
+    from cem.training import launch
+
+    monkeypatch.setattr(launch, "POLL_S", 0.05)
+    monkeypatch.setenv("CEM_SHARE_CACHE", str(tmp_path / "share"))  # each stage trains here
+    got: list[tuple[str, int, bool]] = []
+    send = mirror.StepLogger.log_metrics
+
+    def recorded(self, metrics, step=None):
+        got.append((self.folder.name, step, RoundDir(self.folder).train_metrics.is_file()))
+        return send(self, metrics, step)
+
+    monkeypatch.setattr(mirror.StepLogger, "log_metrics", recorded)
+    root = tmp_path / "run"
+    cfg = compose("run", "experiment=fast", "eval.progress=false", "logger=wandb",
+                  f"run_dir={root}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")  # fmt: skip
+    run_loop(cfg)
+    for stage in ("warmup", "round_1", "round_2"):
+        sent = [(step, done) for name, step, done in got if name == stage]
+        assert [s for s, _ in sent] == [s for s, _ in mirror.csv_steps(root / stage)], stage
+        assert not sent[0][1], f"{stage}: no step was sent before the ranks finished"
+
+
+def test_a_sigterm_to_the_loop_stops_its_launched_ranks_at_a_checkpoint(tmp_path):
+    """SIGTERM to ``cem run`` while 2 launched ranks train its warm-up: the loop hands it to
+    torchrun, the ranks save ``last.ckpt`` and stop, and the loop exits 143 (128 + SIGTERM)."""
+    import signal
+    import time
+
+    from test_parallel_eval import child_env
+
+    root = tmp_path / "run"
+    args = ["run", "experiment=fast", "loop.warmup.max_steps=100000", f"run_dir={root}",
+            "train.checkpoint_every_n_steps=1000000",  # only the stop saves one
+            "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "cem.cli", *args], cwd=REPO, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    logs = root / "warmup" / "train_logs"
+    deadline = time.monotonic() + 240
+    while not any(logs.rglob("metrics.csv")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert (root / "warmup" / "checkpoints" / "last.ckpt").is_file(), out[-3000:]
+    assert not (root / "warmup" / "model").exists()
+
+
 def answer_logprob(model, tok, prompt: str, answer: str) -> float:
     ids = tok(prompt + answer, return_tensors="pt").input_ids
     n = len(tok(prompt).input_ids)

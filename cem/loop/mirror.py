@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,32 @@ def csv_steps(folder: Path, before: int | None = None) -> list[tuple[int, dict[s
         later = [v[0][0] for v in versions[i + 1 :] if v] + ([before] if before is not None else [])
         out += [(s, r) for s, r in rows if not later or s < min(later)]
     return out
+
+
+class StepFeed:
+    """``launch_training``'s poll: hands the steps that launched ranks log to ``folder``'s CSV
+    to ``loggers`` as they train, each row once and in order. While the ranks run, the last
+    row is held back and a file that does not parse is left for the next poll: rank 0 may be
+    writing it (Lightning appends rows, and rewrites the file when a new column appears)."""
+
+    def __init__(self, folder: Path, loggers: Sequence[Logger]):
+        self.folder, self.loggers = folder, list(loggers)
+        self.sent = (-1, 0)  # the last row sent: its step, and its place among that step's rows
+
+    def __call__(self, final: bool) -> None:
+        try:
+            rows = csv_steps(self.folder)
+        except (OSError, ValueError, csv.Error):
+            if final:
+                raise
+            return
+        seen: dict[int, int] = {}
+        for step, metrics in rows if final else rows[:-1]:
+            seen[step] = seen.get(step, 0) + 1
+            if (step, seen[step]) > self.sent:
+                for logger in self.loggers:
+                    logger.log_metrics(metrics, step)
+                self.sent = (step, seen[step])
 
 
 class StepLogger(Logger):

@@ -173,12 +173,13 @@ def warm_up(cfg: DictConfig, root: Path, logger: RunLogger) -> tuple[Path, str]:
                      lambda: stages.warmup_build_task(cfg, folder))  # fmt: skip
     w = cfg.loop.warmup
     steps = {"max_steps": w.max_steps, "epochs": w.epochs}
-    trained = share.stage_key("train", stages.train_job(cfg, folder, steps, True), [built])
+    trained = share.stage_key("train", stages.train_job(cfg, folder, steps, warmup=True), [built])
     loggers = logger.step_loggers(folder)
     # train_logs too: a job that reuses the warm-up replays its steps into W&B from them.
     outputs = [*w_dir.outputs("train"), w_dir.train_logs]
     share.run_shared(on, folder, "train", outputs, trained,
-                     lambda: stages.train_task(cfg, folder, None, steps, True, loggers))  # fmt: skip
+                     lambda: stages.train_task(cfg, folder, None, steps, warmup=True,
+                                               loggers=loggers))  # fmt: skip
     return w_dir.model, trained
 
 
@@ -198,7 +199,8 @@ def run_round(cfg: DictConfig, root: Path, k: int, base: Path | None,
         console.print(f"[bold]cem run[/] round {k} has no CPT text left: {e}")
         return None
     steps = {"max_steps": cfg.train.max_steps, "epochs": cfg.train.epochs}
-    train = lambda: stages.train_task(cfg, folder, base, steps, logger.step_loggers(folder))  # noqa: E731
+    loggers = logger.step_loggers(folder)
+    train = lambda: stages.train_task(cfg, folder, base, steps, loggers=loggers)  # noqa: E731
     stages.run_stage(folder, "train", train)
     return RoundDir(folder).model
 

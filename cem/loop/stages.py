@@ -223,7 +223,7 @@ def warmup_build_task(cfg: DictConfig, folder: Path) -> dict:
     return {"rows": stats["rows"], "tokens": stats["tokens"]}
 
 
-def train_job(cfg: DictConfig, folder: Path, steps: dict[str, int],
+def train_job(cfg: DictConfig, folder: Path, steps: dict[str, int], *,
               warmup: bool = False) -> DictConfig:  # fmt: skip
     """The ``cem train`` job of a round (or of the warm-up, with its instruction settings),
     for ``steps``."""
@@ -231,7 +231,7 @@ def train_job(cfg: DictConfig, folder: Path, steps: dict[str, int],
     return job_config(TrainJob, cfg, folder, train=steps, **extra)
 
 
-def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int],
+def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str, int], *,
                warmup: bool = False, loggers: Sequence = ()) -> dict:  # fmt: skip
     """Train from ``base`` (a saved model folder, or the configured model) into ``folder/model``,
     for ``steps`` (``{"max_steps", "epochs"}``: the round's, or the warm-up's), with ``loggers``
@@ -240,6 +240,7 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
     A ``model_in`` link to ``base`` is left in ``folder``, so that ``cem train
     run_dir=<folder>`` re-runs this stage alone.
     """
+    from cem.loop.mirror import StepFeed
     from cem.training.checks import training_ranks
     from cem.training.launch import launch_training
     from cem.training.train import train_round
@@ -249,12 +250,14 @@ def train_task(cfg: DictConfig, folder: Path, base: Path | None, steps: dict[str
         link = RoundDir(folder).model_in
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(base, folder), target_is_directory=True)
-    job = train_job(cfg, folder, steps, warmup)
+    job = train_job(cfg, folder, steps, warmup=warmup)
     ranks, _ = training_ranks(job.trainer)
-    # One process per device, started here; the W&B mirror then gets the stage's steps from
-    # rank 0's CSV log when the stage ends (RunLogger.update), not live.
+    # One process per device, started here; the W&B mirror reads their steps from rank 0's
+    # CSV log while they train (StepFeed).
     if ranks > 1:
-        m = launch_training(job, folder, base, ranks)
+        m = launch_training(
+            job, folder, base, ranks, StepFeed(folder, loggers) if loggers else None
+        )
     else:
         m = train_round(job, folder, base, loggers)
     keys = (

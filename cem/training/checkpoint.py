@@ -79,12 +79,16 @@ class StopOnSignal(Callback):
     The checkpoint is taken at the point where ``ModelCheckpoint`` takes its own (after an
     optimiser step, before the module's batch-end hook), so a resume is bit-exact. A batch
     inside a gradient accumulation has no such point: the stop then resumes from the last
-    checkpoint that was saved.
+    checkpoint that was saved. On several ranks, each batch end all-reduces whether any rank
+    has a signal, so that all of them save and stop at the same batch.
     """
 
     def __init__(self, ckpt: Path):
         self.ckpt = ckpt
         self._step_before = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        signals.reclaim()  # Lightning has just put its own SIGTERM handler in place
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # A signal that lands between batches waits for this batch: its end can checkpoint.
@@ -94,12 +98,18 @@ class StopOnSignal(Callback):
         self._stop_if_signalled(trainer, stepped=trainer.global_step != self._step_before)
 
     def _stop_if_signalled(self, trainer, stepped: bool) -> None:
-        if signals.pending() is None:
+        signum = signals.pending() or 0
+        if trainer.world_size > 1:
+            # Ranks see a signal at different batches; they must stop at the same one, or
+            # the checkpoint's collectives and the next step's wait on each other for ever.
+            flag = torch.tensor(float(signum), device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        if not signum:
             return
         if stepped:
             trainer.save_checkpoint(self.ckpt)
-            signals.stop(f"training resumes from step {trainer.global_step} ({self.ckpt})")
-        signals.stop(resume_detail(self.ckpt))
+            signals.stop(f"training resumes from step {trainer.global_step} ({self.ckpt})", signum)
+        signals.stop(resume_detail(self.ckpt), signum)
 
 
 def resume_detail(ckpt: Path) -> str:
