@@ -226,3 +226,28 @@ def test_a_launchers_time_limit_signal_checkpoints_then_requeues(tmp_path, refer
 def test_without_a_launcher_handler_the_user_signals_are_left_alone(handled):
     assert signal.getsignal(signal.SIGUSR2) in (signal.SIG_DFL, signal.SIG_IGN)
     assert signals.requeue(signals.Interrupted(signal.SIGUSR2)) is False
+
+
+def test_reclaim_takes_sigterm_back_from_a_library_that_replaced_the_handler(handled):
+    """Lightning puts its own SIGTERM handler in place at fit start; ``reclaim`` (called by
+    ``StopOnSignal`` at train start) puts cem's back, so that the stop checkpoints."""
+
+    def lightnings(signum, frame):
+        raise AssertionError("the library's handler ran")
+
+    signal.signal(signal.SIGTERM, lightnings)
+    signals.reclaim()
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT)
+    with pytest.raises(signals.Interrupted) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.value.exit_code == 143
+
+
+def test_a_rank_without_a_signal_stops_on_another_ranks():
+    """Every rank stops at the batch where any rank saw a signal (``StopOnSignal`` reduces
+    it): the one that saw none raises with the other's signal."""
+    assert signals.pending() is None
+    signals.stop("nothing pending")  # no signal anywhere: nothing happens
+    with pytest.raises(signals.Interrupted) as stop:
+        signals.stop("training resumes from step 3", signal.SIGTERM)
+    assert (stop.value.exit_code, stop.value.detail) == (143, "training resumes from step 3")
