@@ -120,14 +120,8 @@ def test_step_feed_after_a_resume_sends_only_later_steps(tmp_path):
     write_log(tmp_path, 1, range(2, 6), loss=20)
     feed(True)
     steps = [s for s, _ in got.rows]
-    assert steps == sorted(steps) and [s for s, m in got.rows if "train/loss" in m] == [
-        0,
-        1,
-        2,
-        3,
-        4,
-        5,
-    ]
+    assert steps == sorted(steps)
+    assert [s for s, m in got.rows if "train/loss" in m] == list(range(6))
     assert got.rows[-2:] == [(5, {"epoch": 0, "train/loss": 25, "train/lr": 0.01}),
                              (5, {"epoch": 0, "train/epoch_loss": 20})]  # fmt: skip
 
@@ -188,23 +182,31 @@ def test_job_type_is_the_row_of_cem_report(tmp_path, compose):
     assert job_type(cfg, jobs[0]) == "mine"
 
 
-@pytest.mark.e2e
-def test_every_stage_sends_its_steps_to_w_and_b_while_it_trains(tmp_path, compose, monkeypatch):
-    """With W&B on (the default logger), the warm-up's and each round's steps go to the
-    mirror as they are logged, before the stage ends, each CSV row once (once, a round's
-    loggers went where its warm-up flag goes, and its steps came only at the next update)."""
+def steps_sent(monkeypatch, tmp_path: Path) -> list[tuple[str, int, bool]]:
+    """Every step the W&B mirror's Lightning logger is handed, as it is handed: (training
+    folder, step, whether that training's ``train/metrics.json`` was written by then)."""
     from cem.loop import mirror
-    from cem.loop.run import run_loop
 
     got: list[tuple[str, int, bool]] = []
     send = mirror.StepLogger.log_metrics
 
     def sent(self, metrics, step=None):
-        got.append((self.folder.name, step, read_marker(self.folder, "train") is not None))
+        got.append((self.folder.name, step, RoundDir(self.folder).train_metrics.is_file()))
         return send(self, metrics, step)
 
     monkeypatch.setattr(mirror.StepLogger, "log_metrics", sent)
     monkeypatch.setenv("CEM_SHARE_CACHE", str(tmp_path / "share"))  # each stage trains here
+    return got
+
+
+@pytest.mark.e2e
+def test_every_stage_sends_its_steps_to_w_and_b_while_it_trains(tmp_path, compose, monkeypatch):
+    """With W&B on (the default logger), the warm-up's and each round's steps go to the
+    mirror as they are logged, before the stage ends, each CSV row once (once, a round's
+    loggers went where its warm-up flag goes, and its steps came only at the next update)."""
+    from cem.loop.run import run_loop
+
+    got = steps_sent(monkeypatch, tmp_path)
     root = tmp_path / "run"
     run_loop(compose("run", f"run_dir={root}", *FAST, "logger=wandb"))
     for stage in ("warmup", "round_1", "round_2"):

@@ -165,21 +165,14 @@ def test_launched_ranks_steps_reach_the_w_and_b_mirror_while_they_train(
 ):
     """With W&B on, the steps of a stage trained on 2 launched ranks go to the loop's mirror
     while the ranks run (before rank 0 writes ``train/metrics.json``), each CSV row once."""
-    from cem.layout import RoundDir
+    from test_mirror import steps_sent
+
     from cem.loop import mirror
     from cem.loop.run import run_loop
     from cem.training import launch
 
     monkeypatch.setattr(launch, "POLL_S", 0.05)
-    monkeypatch.setenv("CEM_SHARE_CACHE", str(tmp_path / "share"))  # each stage trains here
-    got: list[tuple[str, int, bool]] = []
-    send = mirror.StepLogger.log_metrics
-
-    def recorded(self, metrics, step=None):
-        got.append((self.folder.name, step, RoundDir(self.folder).train_metrics.is_file()))
-        return send(self, metrics, step)
-
-    monkeypatch.setattr(mirror.StepLogger, "log_metrics", recorded)
+    got = steps_sent(monkeypatch, tmp_path)
     root = tmp_path / "run"
     cfg = compose("run", "experiment=fast", "eval.progress=false", "logger=wandb",
                   f"run_dir={root}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")  # fmt: skip
@@ -202,15 +195,18 @@ def test_a_sigterm_to_the_loop_stops_its_launched_ranks_at_a_checkpoint(tmp_path
     args = ["run", "experiment=fast", "loop.warmup.max_steps=100000", f"run_dir={root}",
             "train.checkpoint_every_n_steps=1000000",  # only the stop saves one
             "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "cem.cli", *args], cwd=REPO, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    said = tmp_path / "said.log"  # a file, not a pipe nobody reads while the ranks train
+    with said.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "cem.cli", *args], cwd=REPO,
+                                env=child_env(), stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
     logs = root / "warmup" / "train_logs"
     deadline = time.monotonic() + 240
     while not any(logs.rglob("metrics.csv")) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert proc.poll() is None, said.read_text()[-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    out = said.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert (root / "warmup" / "checkpoints" / "last.ckpt").is_file(), out[-3000:]
     assert not (root / "warmup" / "model").exists()

@@ -32,9 +32,9 @@ STOP_S = 60.0  # how long stopped ranks get to save their checkpoint before they
 def wait_polling(proc: subprocess.Popen, poll: Callable[[bool], None] | None,
                  every: float | None = None) -> int:  # fmt: skip
     """``proc``'s exit status, calling ``poll(False)`` every ``every`` seconds (``POLL_S``)
-    while it runs and ``poll(True)`` once after it ends. A stop of this process (a signal, an error in ``poll``)
-    stops ``proc`` too: SIGTERM, which torchrun hands to its ranks so that they save their
-    checkpoint, then SIGKILL after ``STOP_S``."""
+    while it runs and ``poll(True)`` once after it ends. A stop of this process (a signal,
+    an error in ``poll``) stops ``proc`` too: SIGTERM, which torchrun hands to its ranks so
+    that they save their checkpoint, then SIGKILL after ``STOP_S``."""
     try:
         while True:
             try:
