@@ -126,6 +126,21 @@ def test_step_feed_after_a_resume_sends_only_later_steps(tmp_path):
                              (5, {"epoch": 0, "train/epoch_loss": 20})]  # fmt: skip
 
 
+def test_a_log_that_does_not_read_after_the_ranks_end_warns_and_keeps_the_stage(tmp_path, capsys):
+    """The ranks have trained and written their metrics: a CSV log that still does not
+    parse costs W&B the live steps, with a warning naming the log, and raises nothing."""
+    path = tmp_path / "train_logs" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("epoch,step,train/loss\n0,0,3.5\n0,1,not-a-number\n")
+    got = Received()
+    StepFeed(tmp_path, [got])(True)
+    warned = "".join(capsys.readouterr().err.split())  # rich folds long lines
+    assert "W&Bmissesthelivetrainingstepsof" in warned
+    assert f"under{tmp_path / 'train_logs'}doesnotread" in warned
+    assert "not-a-number" in warned
+    assert got.rows == []
+
+
 def test_a_continued_run_sends_every_step_once_in_rising_order(tmp_path, compose):
     """Killed in round 1's training after step 2 (checkpoint at step 2): the continued
     process's W&B run gets the warm-up from its CSV, round 1's first steps from the killed

@@ -40,7 +40,7 @@ from cem.layout import RoundDir, RunDir, read_marker
 from cem.loop.diagnostics import flags_by_id
 from cem.provenance import provenance
 from cem.records import EntryKind, Mistake, RoundSummary, RunSummary, read_records
-from cem.ui import console
+from cem.ui import console, warn
 
 CSV_COLUMNS = ("protocol", "round", "label", "set", "acc", "acc_norm", "n", "forgetting",
                "cpt_tokens", "cit_tokens", "seconds")  # fmt: skip
@@ -160,7 +160,9 @@ class StepFeed:
     """``launch_training``'s poll: hands the steps that launched ranks log to ``folder``'s CSV
     to ``loggers`` as they train, each row once and in order. While the ranks run, the last
     row is held back and a file that does not parse is left for the next poll: rank 0 may be
-    writing it (Lightning appends rows, and rewrites the file when a new column appears)."""
+    writing it (Lightning appends rows, and rewrites the file when a new column appears).
+    One that still does not parse after the ranks end costs W&B those live steps, with a
+    warning, not the finished stage."""
 
     def __init__(self, folder: Path, loggers: Sequence[Logger]):
         self.folder, self.loggers = folder, list(loggers)
@@ -169,9 +171,12 @@ class StepFeed:
     def __call__(self, final: bool) -> None:
         try:
             rows = csv_steps(self.folder)
-        except (OSError, ValueError, csv.Error):
+        except (OSError, ValueError, csv.Error) as e:
             if final:
-                raise
+                warn(
+                    f"W&B misses the live training steps of {self.folder.name}: its CSV log "
+                    f"under {RoundDir(self.folder).train_logs} does not read ({e})"
+                )
             return
         seen: dict[int, int] = {}
         for step, metrics in rows if final else rows[:-1]:
