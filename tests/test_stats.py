@@ -8,6 +8,7 @@ from scipy import stats as sst
 
 from cem.evaluation.stats import (
     delta_difference,
+    holm,
     paired_delta,
     ratio_delta,
     stratified_comparison,
@@ -82,3 +83,10 @@ def test_t_interval_uses_the_t_distribution():
     width = t_interval(twelve)["ci"][1] - t_interval(twelve)["ci"][0]
     assert width == pytest.approx(2 * sst.t.ppf(0.975, 11) * sst.sem(twelve))
     assert t_interval([0.1]) is None
+
+
+def test_holm_adjusts_a_family_of_p_values_and_keeps_the_missing_ones():
+    # Holm's step-down by hand: sorted 0.01, 0.03, 0.04 times 3, 2, 1, then made monotone.
+    assert holm([0.04, 0.01, None, 0.03]) == pytest.approx([0.06, 0.03, None, 0.06])
+    assert holm([0.049]) == [pytest.approx(0.049)]  # a family of one: unchanged
+    assert holm([None]) == [None] and holm([]) == []

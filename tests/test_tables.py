@@ -276,7 +276,8 @@ def test_report_against_a_row_pairs_items_on_the_same_seeds(tmp_path):
     md = make_report(tmp_path, draw=False, against="baseline=random_cpt")["md"].read_text()
     line = next(x for x in md.splitlines() if x.startswith("| baseline=none | 0,1,2 |"))
     cells = [c.strip() for c in line.split("|")]
-    assert cells[-2] == "confirmed"  # CEM's knowledge gain exceeds the baseline's
+    assert cells[-3] == "confirmed"  # CEM's knowledge gain exceeds the baseline's
+    assert float(cells[-2]) == pytest.approx(float(cells[5].rpartition("p=")[2]))  # one row
     assert cells[3].startswith("+1") and "p=" in cells[3]  # Δ Δexam about +12 points
     assert "Paired against `baseline=random_cpt`" in md
     main_row, pooled = [x for x in md.splitlines() if x.startswith("| baseline=none | 3 |")]

@@ -10,7 +10,9 @@ All of it is scipy.stats and statsmodels, seeded (``SEED``), with ``N_RESAMPLES`
 and 95% intervals by the percentile method.
 
 A claim is **confirmed** when its interval excludes zero in the stated direction,
-**refuted** when it excludes zero the other way, and **inconclusive** otherwise.
+**refuted** when it excludes zero the other way, and **inconclusive** otherwise. Where a
+table compares several rows with one, the knowledge gain's p is also given adjusted for
+the family (``holm``), so that a reader can tell which verdicts survive the multiplicity.
 """
 
 from __future__ import annotations
@@ -170,6 +172,20 @@ def t_interval(values: Sequence[float]) -> dict | None:
     mean, sd, df = float(xs.mean()), float(xs.std(ddof=1)), xs.size - 1
     half = float(t.ppf(0.5 + LEVEL / 2, df)) * sd / math.sqrt(xs.size)
     return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "df": df, "n": int(xs.size)}
+
+
+def holm(ps: Sequence[float | None]) -> list[float | None]:
+    """``ps`` adjusted for being tested together (Holm's step-down, statsmodels), for a
+    family such as a table's rows each compared with one row; a None stays None."""
+    from statsmodels.stats.multitest import multipletests
+
+    given = [(i, p) for i, p in enumerate(ps) if p is not None]
+    out: list[float | None] = [None] * len(ps)
+    if given:
+        adjusted = multipletests([p for _, p in given], method="holm")[1]
+        for (i, _), q in zip(given, adjusted, strict=True):
+            out[i] = float(q)
+    return out
 
 
 def verdict(ci: Sequence[float] | None, direction: int = 1) -> str:

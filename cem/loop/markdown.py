@@ -117,27 +117,30 @@ def _per_1k(kn: dict | None, st: dict[str, dict]) -> str:
 
 
 def against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
-    from cem.evaluation.stats import verdict
+    from cem.evaluation.stats import holm, verdict
 
     lines = [
         f"Paired against `{label}`: each row's gain minus that row's, per item on the seeds"
         " both have (same seeds, so the same splits), pooled by a stratified paired bootstrap;"
         " p from a paired sign-flip permutation test. Verdict on the row's knowledge gain"
-        f" being larger than `{label}`'s.",
+        f" being larger than `{label}`'s; Holm p: the knowledge gain's p adjusted over the"
+        f" {len(rows)} rows compared with `{label}` (Holm's step-down).",
         "",
         "| variant | seeds | " + " | ".join(f"Δ {CLAIM_NAMES[c]}" for c in CLAIMS)
-        + " | Δ gen. NLL | verdict |",
-        "| --- | --- | " + " | ".join("---:" for _ in CLAIMS) + " | ---: | --- |",
+        + " | Δ gen. NLL | verdict | Holm p |",
+        "| --- | --- | " + " | ".join("---:" for _ in CLAIMS) + " | ---: | --- | ---: |",
     ]  # fmt: skip
-    for v, c in rows:
+    kns = [c.get("knowledge") for _, c in rows]
+    adjusted = holm([kn.get("p") if kn else None for kn in kns])
+    for (v, c), kn, q in zip(rows, kns, adjusted, strict=True):
         nll = c.get("general_nll")
         nll_cell = (
             "" if not nll else f"{nll['delta']:+.3f} [{nll['ci'][0]:+.3f}, {nll['ci'][1]:+.3f}]"
         )
-        kn = c.get("knowledge")
         lines.append(f"| {v.label} | {','.join(map(str, c['seeds']))} | "
                      + " | ".join(_iv(c.get(x)) for x in CLAIMS)
-                     + f" | {nll_cell} | {verdict(kn['ci'] if kn else None)} |")  # fmt: skip
+                     + f" | {nll_cell} | {verdict(kn['ci'] if kn else None)} | "
+                     + ("" if q is None else f"{q:.3g}") + " |")  # fmt: skip
     return lines
 
 
