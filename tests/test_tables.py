@@ -563,3 +563,25 @@ def test_the_result_neutral_keys_change_no_run_or_stage_key(compose):
     assert set(NEUTRAL_CHANGES) == set(RESULT_NEUTRAL)
     assert keys(*NEUTRAL_CHANGES.values()) == keys()
     assert all(a != b for a, b in zip(keys("seed=1"), keys(), strict=True))  # a key that counts
+
+
+def test_report_against_pairs_forgetting_per_item(tmp_path):
+    rng = random.Random(1)
+    for seed in (0, 1):
+        ref = [rng.random() < 0.8 for _ in range(400)]
+        # Without replay the final model loses about a quarter of the items round 0 had
+        # right; with it, about one in twenty-five.
+        none = [r and rng.random() > 0.25 for r in ref]
+        replay = [r and rng.random() > 0.04 for r in ref]
+        item_run(tmp_path, f"replay=none,seed={seed}", seed, ref, none)
+        item_run(tmp_path, f"replay=default,seed={seed}", seed, ref, replay)
+    md = make_report(tmp_path, draw=False, against="replay=default")["md"].read_text()
+    assert "Forgetting paired against `replay=default`" in md
+    header = next(x for x in md.splitlines() if x.startswith("| variant | seeds | Δ forget."))
+    assert [c.strip() for c in header.split("|")][3:5] == ["Δ forget. exam", "Δ forget. test"]
+    row = md.splitlines()[md.splitlines().index(header) + 2]
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[1:3] == ["replay=none", "0,1"]
+    for cell in cells[3:5]:  # about +21 points, interval above 0
+        delta, lo = float(cell.split()[0]), float(cell.split("[")[1].split(",")[0])
+        assert 14 < delta < 28 and lo > 0 and float(cell.rpartition("p=")[2]) < 0.01

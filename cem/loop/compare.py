@@ -33,6 +33,7 @@ class RunItems:
     ref: dict[str, dict[str, bool]]  # set -> item id -> right
     final: dict[str, dict[str, bool]]
     probe: tuple[list[float], list[float]] | None  # per-passage NLL per token: (ref, final)
+    round0: dict[str, dict[str, bool]] | None = None  # round 0's model: forgetting's reference
 
 
 def _correct(folder: RoundDir) -> dict[str, dict[str, bool]]:
@@ -58,8 +59,10 @@ def load_items(path: Path, summary: RunSummary) -> RunItems:
         if not d.records.is_file():
             raise CemError(f"{d.records} not found: the run {path} is incomplete")
     probes = (_probe(ref_dir), _probe(final_dir))
+    round0 = RunDir(path).scored(summary.rounds[0].eval_dir)
     return RunItems(path, summary.seed, _correct(ref_dir), _correct(final_dir),
-                    probes if all(p is not None for p in probes) else None)  # fmt: skip
+                    probes if all(p is not None for p in probes) else None,
+                    _correct(round0) if round0.records.is_file() else None)  # fmt: skip
 
 
 def _vectors(run: RunItems, name: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +125,27 @@ def pair_runs(a: Sequence[RunItems], b: Sequence[RunItems], a_label: str, b_labe
     return pairs
 
 
+def _forgetting(pairs: Sequence[tuple[RunItems, RunItems]]) -> dict[str, dict | None]:
+    """Per set, ``a``'s forgetting minus ``b``'s, paired per item: on the items both runs'
+    round-0 models got right, whether each final model now gets them wrong (the summary's
+    forgetting rate, item by item), one stratum per seed."""
+    from cem.evaluation.stats import stratified_comparison
+
+    strata: dict[str, list] = {}
+    for x, y in pairs:
+        if x.round0 is None or y.round0 is None:
+            continue
+        for name, right in x.round0.items():
+            xf, yf = x.final.get(name, {}), y.final.get(name, {})
+            ids = sorted(i for i, ok in right.items()
+                         if ok and y.round0.get(name, {}).get(i) and i in xf and i in yf)  # fmt: skip
+            if ids:
+                strata.setdefault(name, []).append(
+                    (np.array([not xf[i] for i in ids], dtype=float),
+                     np.array([not yf[i] for i in ids], dtype=float)))  # fmt: skip
+    return {name: stratified_comparison(s, [1 / len(s)] * len(s)) for name, s in strata.items()}
+
+
 def compare(a: Sequence[RunItems], b: Sequence[RunItems], a_label: str, b_label: str) -> dict:
     """``a`` against ``b`` on their common seeds: each gain's difference, paired per item.
 
@@ -147,6 +171,7 @@ def compare(a: Sequence[RunItems], b: Sequence[RunItems], a_label: str, b_label:
         n = len(probe_a)
         out["general_nll"] = stratified_comparison(list(zip(probe_a, probe_b, strict=True)),
                                                    [1 / n] * n)  # fmt: skip
+    out["forgetting"] = _forgetting(pairs)
     out["seeds"] = sorted(x.seed for x, _ in pairs)
     out["unpaired"] = sorted({r.seed for r in (*a, *b)} - set(out["seeds"]))
     return out

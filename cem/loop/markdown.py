@@ -144,6 +144,29 @@ def against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
     return lines
 
 
+def forgetting_against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
+    """Each row's forgetting minus ``label``'s, per set, paired per item (empty when no row
+    has round 0's records)."""
+    sets = list(dict.fromkeys(n for _, c in rows for n in c.get("forgetting") or {}))
+    sets.sort(key=lambda n: (n not in ("exam", "test"), n))
+    if not sets:
+        return []
+    lines = [
+        f"Forgetting paired against `{label}` (points): each row's share of round-0 right"
+        " items now wrong minus that row's, on the items both rows' round-0 models got right,"
+        " pooled over the common seeds by a stratified paired bootstrap; p from a paired"
+        " sign-flip permutation test. Negative: the row forgets less.",
+        "",
+        "| variant | seeds | " + " | ".join(f"Δ forget. {n}" for n in sets) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in sets) + " |",
+    ]
+    for v, c in rows:
+        f = c.get("forgetting") or {}
+        lines.append(f"| {v.label} | {','.join(map(str, c['seeds']))} | "
+                     + " | ".join(_iv(f.get(n)) for n in sets) + " |")  # fmt: skip
+    return lines
+
+
 def diagnostics_table(variants: list[Variant]) -> list[str]:
     """Fix rates of the wrong mistakes pooled over every run and round of each row."""
     from cem.loop.diagnostics import GROUPS
@@ -211,6 +234,9 @@ def markdown(root: Path, variants: list[Variant], stats: list[dict[str, dict]],
         rows = [(v, compare(i, b_items, v.label, base.label))
                 for v, i in zip(variants, items, strict=True) if v is not base and i]  # fmt: skip
         lines += ["", *against_table(base.label, rows)]
+        forgetting = forgetting_against_table(base.label, rows)
+        if forgetting:
+            lines += ["", *forgetting]
     lines += ["", *diagnostics_table(variants)]
     single = [v.label for v in variants if len(v.runs) < 2]
     if single:
