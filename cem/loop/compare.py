@@ -59,10 +59,11 @@ def load_items(path: Path, summary: RunSummary) -> RunItems:
         if not d.records.is_file():
             raise CemError(f"{d.records} not found: the run {path} is incomplete")
     probes = (_probe(ref_dir), _probe(final_dir))
-    round0 = RunDir(path).scored(summary.rounds[0].eval_dir)
-    return RunItems(path, summary.seed, _correct(ref_dir), _correct(final_dir),
-                    probes if all(p is not None for p in probes) else None,
-                    _correct(round0) if round0.records.is_file() else None)  # fmt: skip
+    ref = _correct(ref_dir)
+    r0_dir = RunDir(path).scored(summary.rounds[0].eval_dir)
+    round0 = ref if r0_dir == ref_dir else _correct(r0_dir) if r0_dir.records.is_file() else None
+    return RunItems(path, summary.seed, ref, _correct(final_dir),
+                    probes if all(p is not None for p in probes) else None, round0)  # fmt: skip
 
 
 def _vectors(run: RunItems, name: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,11 @@ def _cell(st: dict | None, scale: float, digits: int, ci: bool = False) -> str:
     return f"{text} ± {st['sd'] * scale:.{digits}f}"
 
 
+def _set_order(name: str) -> tuple[bool, str]:
+    """Sort key of a set's columns: exam, test, then the other sets by name."""
+    return name not in ("exam", "test"), name
+
+
 def columns(stats: list[dict[str, dict]]) -> list[tuple[str, str, float, int]]:
     """The fixed columns, with every other set's accuracy after ``test`` and every set's
     forgetting after the gains."""
@@ -45,7 +50,7 @@ def columns(stats: list[dict[str, dict]]) -> list[tuple[str, str, float, int]]:
     other = sorted(k for k in found if k.startswith("acc/") and k not in
                    ("acc/exam", "acc/test", "acc/pool"))  # fmt: skip
     forget = sorted((k for k in found if k.startswith("forget/")),
-                    key=lambda k: (k not in ("forget/exam", "forget/test"), k))  # fmt: skip
+                    key=lambda k: _set_order(k.split("/", 1)[1]))  # fmt: skip
     acc = [(k, k.split("/", 1)[1], 100, 1) for k in other]
     forg = [(k, f"forget. {k.split('/', 1)[1]}", 100, 1) for k in forget]
     return COLUMNS[:2] + acc + COLUMNS[2:6] + forg + COLUMNS[6:]
@@ -147,8 +152,7 @@ def against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
 def forgetting_against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
     """Each row's forgetting minus ``label``'s, per set, paired per item (empty when no row
     has round 0's records)."""
-    sets = list(dict.fromkeys(n for _, c in rows for n in c.get("forgetting") or {}))
-    sets.sort(key=lambda n: (n not in ("exam", "test"), n))
+    sets = sorted({n for _, c in rows for n in c.get("forgetting") or {}}, key=_set_order)
     if not sets:
         return []
     lines = [
