@@ -245,10 +245,9 @@ def summarise(res: dict, args: argparse.Namespace) -> None:
                     f"{form} ours bf16 vs lm-eval fp32",
                 )
     for dtype in args.dtype:
-        runs = {
-            impl: [res[f, dtype, impl] for f in args.formulation] for impl in ("ours", "lm-eval")
-        }
-        if all((f, dtype, "lm-eval") in res for f in args.formulation):
+        if all((f, dtype, "lm-eval") in res for f in args.formulation):  # not --skip-lm-eval
+            runs = {impl: [res[f, dtype, impl] for f in args.formulation]
+                    for impl in ("ours", "lm-eval")}  # fmt: skip
             wall = sum(r["wall"] for r in runs["lm-eval"]) / sum(r["wall"] for r in runs["ours"])
             cpu = sum(r["cpu"] for r in runs["lm-eval"]) / sum(r["cpu"] for r in runs["ours"])
             print(f"  all formulations, {dtype}: speed-up={wall:.2f}x (cpu {cpu:.2f}x)")

@@ -13,8 +13,9 @@ from enum import StrEnum
 
 
 class Dtype(StrEnum):
-    """``model.dtype``: the weights' dtype for inference."""
+    """``model.dtype``: the weights' dtype for inference (``auto``: ``cem.device.resolve_dtype``)."""
 
+    auto = "auto"  # bfloat16 on a GPU or a CPU with native bf16 (AVX512-BF16, AMX), else float32
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"

@@ -202,7 +202,7 @@ class KnowledgeConfig:
     # call (left-padded), and its weights' dtype. Greedy replies do not depend on the batch
     # in float32; in bfloat16 a near-tie can go the other way in a batch.
     extractor_batch_size: int = 8
-    extractor_dtype: Dtype = Dtype.bfloat16
+    extractor_dtype: Dtype = Dtype.auto
     queries_per_mistake: int = 2
     top_k_per_mistake: int = 3  # passages kept per mistake after leak guard and dedup
     passage_tokens: int = 256  # chunk budget, counted with the model's tokenizer

@@ -8,6 +8,15 @@ embedder. Training is placed by Lightning (``trainer.accelerator``), not by this
 GPU: ``cuda:$LOCAL_RANK`` under ``torchrun`` (data-parallel evaluation), else ``cuda:0``.
 Torch is imported only when a CUDA device is named or ``auto`` is resolved, so the config
 checks stay light.
+
+The one dtype rule goes with it: ``auto`` (``model.dtype``, ``knowledge.extractor_dtype``,
+the dense embedder's ``embedding_dtype``, ``trainer.precision``) is bfloat16 where the
+device runs it in hardware (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else
+float32. A CPU without them (AVX2 only) emulates bf16 matmuls: scoring measured 4.7x
+slower than in float32 (bench/RESULTS.md), so an explicit bf16 there gets a warning with
+the fix.
+The two settings give different numbers, so the code fingerprint
+(``cem.provenance``) records which one this machine has.
 """
 
 from __future__ import annotations
@@ -57,6 +66,69 @@ def resolve_device(spec: str) -> str:
     if spec == "auto" and not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{_index(spec, torch.cuda.device_count())}"
+
+
+def bf16_native(device: str) -> bool:
+    """Whether ``device`` (a resolved torch device string) runs bfloat16 matmuls in hardware."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_kind() -> str:
+    """What the CPU gives bf16, for the code fingerprint and the messages: ``amx``,
+    ``avx512_bf16`` or the vector width torch dispatches to (e.g. ``avx2``)."""
+    import torch
+
+    if torch.cpu._is_amx_tile_supported():
+        return "amx"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "avx512_bf16"
+    return torch.backends.cpu.get_cpu_capability().lower().replace(" ", "_")
+
+
+def resolve_dtype(key: str, spec: str, device: str) -> str:
+    """The weight dtype ``spec`` (the value of ``key``) means on ``device``: ``auto`` is
+    bfloat16 where it is native, else float32; an explicit bfloat16 on a CPU that emulates
+    it is kept, with a warning that names the key and the fix."""
+    if spec == "auto":
+        return "bfloat16" if bf16_native(device) else "float32"
+    if spec == "bfloat16" and not device.startswith("cuda") and not bf16_native(device):
+        _slow_bf16(f"{key}=bfloat16", f"{key}=auto")
+    return str(spec)
+
+
+def resolve_precision(spec: str, accelerator: str) -> str:
+    """Lightning's precision for ``trainer.precision=spec`` with ``trainer.accelerator``:
+    ``auto`` is bf16-mixed where bf16 is native on the training device, else 32-true."""
+    import torch
+
+    spec = str(spec)
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = "cuda" if cuda else "cpu"
+    if spec == "auto":
+        return "bf16-mixed" if bf16_native(device) else "32-true"
+    if spec.startswith("bf16") and not cuda and not bf16_native("cpu"):
+        _slow_bf16(f"trainer.precision={spec}", "trainer.precision=auto")
+    return spec
+
+
+_WARNED: set[str] = set()
+
+
+def _slow_bf16(setting: str, fix: str) -> None:
+    """Warn once per setting and process that this CPU emulates bf16."""
+    if setting in _WARNED:
+        return
+    _WARNED.add(setting)
+    from cem.ui import console
+
+    console.print(f"[yellow]{setting}: this CPU ({cpu_kind()}) has no native bf16 "
+                  "(AVX512-BF16 or AMX), so bf16 matmuls are emulated, several times slower "
+                  f"than float32 (bench/RESULTS.md). Set {fix} for float32 here; results "
+                  "differ from bf16 runs.[/]")  # fmt: skip
 
 
 def _index(spec: str, count: int) -> int:

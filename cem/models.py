@@ -33,17 +33,16 @@ from cem.choices import Dtype
 from cem.config import ModelConfig, TrainConfig
 from cem.errors import ConfigError, ModelError
 
-DTYPES = {d.value: getattr(torch, d.value) for d in Dtype}
+DTYPES = {d.value: getattr(torch, d.value) for d in Dtype if d is not Dtype.auto}
 LOCAL_PREFIXES = ("/", ".", "~")
 FROM_TOKENIZER = {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """Map a ``model.dtype`` string to a torch dtype; ConfigError for anything else."""
+def torch_dtype(name: str, key: str = "model.dtype") -> torch.dtype:
+    """Map a resolved dtype string (``cem.device.resolve_dtype``) to a torch dtype;
+    ConfigError naming ``key`` for anything else."""
     if name not in DTYPES:
-        raise ConfigError(
-            "model.dtype", name, f"must be one of {', '.join(DTYPES)}", "model.dtype=bfloat16"
-        )
+        raise ConfigError(key, name, f"must be one of auto, {', '.join(DTYPES)}", f"{key}=auto")
     return DTYPES[name]
 
 
@@ -55,12 +54,15 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    cfg: ModelConfig, seed: int = 0, dtype_key: str = "model.dtype"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build the model and tokenizer that ``cfg`` describes, in eval mode.
 
     Args:
         cfg: the ``model`` config node (a ``ModelConfig`` or the composed DictConfig).
         seed: seeds the random weights when ``cfg.random_init``; unused otherwise.
+        dtype_key: the config key ``cfg.dtype`` came from, for the messages.
 
     Raises:
         ConfigError: bad ``model.dtype``, ``model.asset`` or ``model.arch`` key; no source.
@@ -68,8 +70,8 @@ def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTra
         AssetError: the asset cannot be fetched.
     """
     _quiet_transformers()
-    dtype = torch_dtype(cfg.dtype)
     device = devices.resolve_device(cfg.device)
+    dtype = torch_dtype(devices.resolve_dtype(dtype_key, cfg.dtype, device), dtype_key)
     if cfg.asset:
         model, tok = _load_asset(cfg, dtype, device)
     elif cfg.random_init:

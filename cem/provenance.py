@@ -2,7 +2,8 @@
 what its stages ran with, and ``cem report`` says when a table's runs differ in it.
 
 ``code_fingerprint`` is the sha256 of the package's source and of what else can move a
-number (the torch and transformers versions, the thread count, the GPU), so it tells two
+number (the torch and transformers versions, the thread count, the GPU, and what the CPU
+gives bf16: an AVX2-only CPU emulates it and scores differently from AVX512-BF16), so it tells two
 installs apart even where there is no git checkout; the git commit is recorded beside it
 where the package runs from one. It also keys the shared round-0 work (``cem.loop.share``).
 """
@@ -33,6 +34,12 @@ def code_fingerprint() -> str:
     h.update(f"threads={torch.get_num_threads()}".encode())
     # model.device=auto scores on the GPU where there is one: other kernels, other numbers.
     h.update(f"cuda={torch.cuda.get_device_name() if torch.cuda.is_available() else None}".encode())
+    # bf16 kernels differ by CPU: AVX2 emulation moved world's round-0 log-likelihoods by
+    # up to 0.9 nat against AVX512-BF16 (experiments/LOG.md, 2026-12-02), whose runs
+    # matched AMX's digit for digit.
+    from cem.device import cpu_kind
+
+    h.update(f"cpu_bf16={cpu_kind() in ('amx', 'avx512_bf16')}".encode())
     return h.hexdigest()
 
 

@@ -25,7 +25,7 @@ BAD_CHOICES = [
     ("eval.formulation=xyz", "eval.formulation", "null, mcf, cf"),
     ("eval.mcf_target=word", "eval.mcf_target", "letter, text"),
     ("eval.mode=chat", "eval.mode", "loglik, generate"),
-    ("model.dtype=int8", "model.dtype", "float32, bfloat16, float16"),
+    ("model.dtype=int8", "model.dtype", "auto, float32, bfloat16, float16"),
     ("benchmark.name=csv", "benchmark.name", "world, xiezhi, mmlu, ceval, jsonl, parquet"),
     ("benchmark.formulation=qa", "benchmark.formulation", "mcf, cf"),
     ("benchmark.formulation=null", "benchmark.formulation", "mcf, cf"),  # not Optional
@@ -176,7 +176,7 @@ def test_each_choice_has_an_implementation():
     values = choices.values
     assert [*SOURCES, *ONLINE_SOURCES] == values(choices.SourceKind)
     assert sorted(["world", *FORMATS]) == sorted(values(choices.Benchmark))
-    assert list(DTYPES) == values(choices.Dtype)
+    assert ["auto", *DTYPES] == values(choices.Dtype)  # auto: cem.device.resolve_dtype
     assert sorted(SIZES) == sorted(values(choices.TokenCount))
     retired = {choices.SearchProvider.bing}
     assert set(PROVIDERS) == set(choices.SearchProvider) - retired

@@ -182,3 +182,107 @@ def test_the_dense_embedder_runs_where_the_resolver_says(tmp_path, spy, monkeypa
                                device="cuda:1")  # fmt: skip
     assert hit.value.device == SENTINEL and spy == ["cuda:1"]
     assert placed == [("m", SENTINEL, torch.float32)]
+
+
+# --- the dtype rule ----------------------------------------------------------------------
+# The CPU's bf16 support is the machine's: the tests set what torch reports about it.
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """``set(native)``: make this CPU report native bf16 (AVX512-BF16) or none (AVX2)."""
+    monkeypatch.setattr(devices, "_WARNED", set())
+
+    def set_native(native: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability",
+                            lambda: "AVX512" if native else "AVX2")  # fmt: skip
+
+    return set_native
+
+
+def test_auto_is_bf16_only_where_the_cpu_runs_it(cpu_bf16, no_cuda, capsys):
+    cpu_bf16(True)
+    assert devices.resolve_dtype("model.dtype", "auto", "cpu") == "bfloat16"
+    assert devices.resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert devices.resolve_precision("auto", "auto") == "bf16-mixed"  # no CUDA: the CPU's
+    assert devices.cpu_kind() == "avx512_bf16"
+    cpu_bf16(False)
+    assert devices.resolve_dtype("model.dtype", "auto", "cpu") == "float32"
+    assert devices.resolve_precision("auto", "cpu") == "32-true"
+    assert devices.cpu_kind() == "avx2"
+    assert devices.resolve_dtype("model.dtype", "float16", "cpu") == "float16"  # as set
+    assert capsys.readouterr().err == ""  # auto and explicit non-bf16 values warn of nothing
+
+
+def test_explicit_bf16_on_a_cpu_that_emulates_it_warns_once_with_the_fix(cpu_bf16, no_cuda,
+                                                                        capsys):  # fmt: skip
+    cpu_bf16(False)
+    for _ in range(2):
+        assert devices.resolve_dtype("model.dtype", "bfloat16", "cpu") == "bfloat16"  # kept
+        assert devices.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("model.dtype=bfloat16: this CPU (avx2) has no native bf16") == 1
+    assert err.count("Set model.dtype=auto for float32 here") == 1
+    assert err.count("trainer.precision=bf16-mixed: this CPU (avx2)") == 1
+    assert err.count("Set trainer.precision=auto") == 1
+    cpu_bf16(True)
+    devices.resolve_dtype("knowledge.extractor_dtype", "bfloat16", "cpu")
+    assert capsys.readouterr().err == ""  # native: nothing to say
+
+
+def test_a_gpu_with_bf16_gets_bf16(two_gpus, monkeypatch, cpu_bf16):
+    cpu_bf16(False)  # the CPU does not matter for a GPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert devices.resolve_dtype("model.dtype", "auto", "cuda:1") == "bfloat16"
+    assert devices.resolve_precision("auto", "gpu") == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert devices.resolve_dtype("model.dtype", "auto", "cuda:0") == "float32"
+    assert devices.resolve_precision("auto", "auto") == "32-true"
+
+
+@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_models_load_in_the_resolved_dtype(cpu_bf16, no_cuda, native, dtype):
+    from cem.config import ModelConfig
+    from cem.models import load_model
+
+    cpu_bf16(native)
+    arch = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1}  # fmt: skip
+    model, _ = load_model(ModelConfig(name="t", random_init=True, arch=arch, dtype="auto"))
+    assert next(model.parameters()).dtype == dtype
+
+
+def test_the_trainer_gets_the_resolved_precision(cpu_bf16, no_cuda, compose, tmp_path):
+    from cem.training.checks import _trainer_choices
+    from cem.training.train import build_trainer
+
+    cfg = compose("train", f"run_dir={tmp_path}", "model=tiny_random_llama")
+    assert cfg.trainer.precision == "auto"  # trainer=cpu, the default
+    assert _trainer_choices(cfg.trainer) == [None, None]  # auto is a valid value
+    for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
+        cpu_bf16(native)
+        trainer = build_trainer(cfg, tmp_path, [], torch.nn.Linear(2, 2), _NoCallback())
+        assert trainer.precision == expected
+    bad = OmegaConf.merge(cfg.trainer, {"precision": "bf17"})
+    assert "must be one of auto, " in _trainer_choices(bad)[-1]
+
+
+class _NoCallback:
+    """``build_trainer``'s gather callback: a Lightning callback that does nothing."""
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        return Callback()
+
+
+def test_the_code_fingerprint_tells_emulated_bf16_apart(cpu_bf16):
+    from cem.provenance import code_fingerprint
+
+    prints = {}
+    for native in (True, False):
+        cpu_bf16(native)
+        prints[native] = code_fingerprint.__wrapped__()
+    assert prints[True] != prints[False]

@@ -71,7 +71,9 @@ def test_missing_pad_token_becomes_eos(tmp_path):
 def test_dtype(monkeypatch):
     model, _ = load_model(tiny_cfg(dtype="bfloat16"))
     assert model.dtype == torch.bfloat16
-    with pytest.raises(ValidationError, match=r"Invalid value 'fp8', expected one of \[float32"):
+    with pytest.raises(
+        ValidationError, match=r"Invalid value 'fp8', expected one of \[auto, float32"
+    ):
         tiny_cfg(dtype="fp8")  # the schema refuses it
     with pytest.raises(
         ConfigError, match=r"model.dtype must be one of .*got 'fp8'.*try model.dtype="

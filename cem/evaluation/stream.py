@@ -43,7 +43,10 @@ def model_fingerprint(mcfg: DictConfig, seed: int) -> str:
     if folder is None:
         return _digest({"model": OmegaConf.to_container(mcfg, resolve=True), "seed": seed})
     files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHTS or p.name == "config.json")
-    return _digest({p.name: sha256_file(p) for p in files} | {"dtype": mcfg.dtype})
+    from cem import device
+
+    dtype = device.resolve_dtype("model.dtype", mcfg.dtype, device.resolve_device(mcfg.device))
+    return _digest({p.name: sha256_file(p) for p in files} | {"dtype": dtype})
 
 
 def fingerprint(cfg: DictConfig, n_items: int) -> str:

@@ -27,16 +27,11 @@ BATCH_SIZE = 64  # sentences per forward pass; small enough for CPU memory
 
 
 def embedding_dtype(spec: str, device: str) -> str:
-    """The embedder's weight dtype: ``spec``, or for ``auto`` bfloat16 where it is native.
+    """The embedder's weight dtype: ``spec``, or for ``auto`` bfloat16 where it is native
+    (the one rule: ``cem.device.resolve_dtype``)."""
+    from cem import device as devices
 
-    bf16 matmuls are emulated, and slower than float32, on a CPU without AVX512-BF16 or AMX.
-    """
-    if spec != "auto":
-        return str(spec)
-    import torch
-
-    native = device.startswith("cuda") or torch.cpu._is_avx512_bf16_supported()
-    return "bfloat16" if native or torch.cpu._is_amx_tile_supported() else "float32"
+    return devices.resolve_dtype("knowledge.sources.<i>.embedding_dtype", spec, device)
 
 
 def load_embedder(model: str | None, asset: str, device: str, dtype: str) -> tuple[Any, str]:

@@ -121,7 +121,7 @@ def extractor_generate(
 
             mcfg = ModelConfig(name="extractor", path=kcfg.extractor_model,
                                dtype=kcfg.extractor_dtype, device=device, chat=True)  # fmt: skip
-            loaded.extend(load_model(mcfg))
+            loaded.extend(load_model(mcfg, dtype_key="knowledge.extractor_dtype"))
         model, tok = loaded
         wrapped = [chat_wrap(tok, p) for p in prompts]
         return generate_texts(model, tok, wrapped, max_new_tokens=max_new_tokens,

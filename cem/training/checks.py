@@ -66,10 +66,11 @@ def _trainer_choices(tr: DictConfig) -> list[str | None]:
         strategies = ("auto", *StrategyRegistry.available_strategies())
         found.append(choice("trainer.strategy", tr.get("strategy", "auto"), strategies))
     precision = tr.get("precision", "32-true")
-    if precision not in _literals(_PRECISION_INPUT):  # the legacy 16, "bf16"... pass too
+    # auto: ours (cem.device.resolve_precision); the legacy 16, "bf16"... pass too.
+    if precision != "auto" and precision not in _literals(_PRECISION_INPUT):
         shown = ", ".join(p for p in _literals(_PRECISION_INPUT) if isinstance(p, str) and "-" in p)
-        found.append(f"trainer.precision must be one of {shown}; got {precision!r} "
-                     "(try trainer.precision=32-true)")  # fmt: skip
+        found.append(f"trainer.precision must be one of auto, {shown}; got {precision!r} "
+                     "(try trainer.precision=auto)")  # fmt: skip
     return found
 
 

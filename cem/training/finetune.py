@@ -14,7 +14,8 @@ from cem.config import ModelConfig
 from cem.errors import CemError, ConfigError
 
 # Training keeps float32 master weights whatever ``model.dtype`` says (that is the dtype
-# for inference); the trainer's ``precision`` decides the compute dtype (bf16-mixed).
+# for inference); the trainer's ``precision`` decides the compute dtype (auto: bf16-mixed
+# where bf16 is native, ``cem.device.resolve_precision``).
 TRAIN_DTYPE = "float32"
 # The model to train is loaded on the CPU whatever ``model.device`` says: Lightning places
 # it (``trainer.accelerator``), and a sharded strategy must not see it whole on one GPU.

@@ -200,6 +200,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence, model, gath
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
+    from cem.device import resolve_precision
     from cem.training.checkpoint import AtomicCheckpointIO, StopOnSignal
     from cem.training.strategies import for_model
 
@@ -221,6 +222,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: Sequence, model, gath
     return instantiate(
         cfg.trainer,
         strategy=for_model(cfg.trainer.get("strategy", "auto"), model),
+        precision=resolve_precision(
+            cfg.trainer.get("precision", "32-true"), str(cfg.trainer.get("accelerator", "auto"))
+        ),  # fmt: skip
         max_steps=t.max_steps,
         max_epochs=t.epochs if t.max_steps == -1 else -1,
         accumulate_grad_batches=t.grad_accum,
