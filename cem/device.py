@@ -95,7 +95,7 @@ def resolve_dtype(key: str, spec: str, device: str) -> str:
     it is kept, with a warning that names the key and the fix."""
     if spec == "auto":
         return "bfloat16" if bf16_native(device) else "float32"
-    if spec == "bfloat16" and not device.startswith("cuda") and not bf16_native(device):
+    if spec == "bfloat16" and _emulates_bf16(device):
         _slow_bf16(f"{key}=bfloat16", f"{key}=auto")
     return str(spec)
 
@@ -110,9 +110,14 @@ def resolve_precision(spec: str, accelerator: str) -> str:
     device = "cuda" if cuda else "cpu"
     if spec == "auto":
         return "bf16-mixed" if bf16_native(device) else "32-true"
-    if spec.startswith("bf16") and not cuda and not bf16_native("cpu"):
+    if spec.startswith("bf16") and _emulates_bf16(device):
         _slow_bf16(f"trainer.precision={spec}", "trainer.precision=auto")
     return spec
+
+
+def _emulates_bf16(device: str) -> bool:
+    """A CPU without native bf16 (a GPU without it is not warned about here)."""
+    return not device.startswith("cuda") and not bf16_native(device)
 
 
 _WARNED: set[str] = set()

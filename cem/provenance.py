@@ -37,9 +37,9 @@ def code_fingerprint() -> str:
     # bf16 kernels differ by CPU: AVX2 emulation moved world's round-0 log-likelihoods by
     # up to 0.9 nat against AVX512-BF16 (experiments/LOG.md, 2026-12-02), whose runs
     # matched AMX's digit for digit.
-    from cem.device import cpu_kind
+    from cem.device import bf16_native
 
-    h.update(f"cpu_bf16={cpu_kind() in ('amx', 'avx512_bf16')}".encode())
+    h.update(f"cpu_bf16={bf16_native('cpu')}".encode())
     return h.hexdigest()
 
 

@@ -255,6 +255,8 @@ def test_models_load_in_the_resolved_dtype(cpu_bf16, no_cuda, native, dtype):
 
 
 def test_the_trainer_gets_the_resolved_precision(cpu_bf16, no_cuda, compose, tmp_path):
+    from lightning.pytorch.callbacks import Callback  # the gather callback: does nothing
+
     from cem.training.checks import _trainer_choices
     from cem.training.train import build_trainer
 
@@ -263,19 +265,10 @@ def test_the_trainer_gets_the_resolved_precision(cpu_bf16, no_cuda, compose, tmp
     assert _trainer_choices(cfg.trainer) == [None, None]  # auto is a valid value
     for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
         cpu_bf16(native)
-        trainer = build_trainer(cfg, tmp_path, [], torch.nn.Linear(2, 2), _NoCallback())
+        trainer = build_trainer(cfg, tmp_path, [], torch.nn.Linear(2, 2), Callback())
         assert trainer.precision == expected
     bad = OmegaConf.merge(cfg.trainer, {"precision": "bf17"})
     assert "must be one of auto, " in _trainer_choices(bad)[-1]
-
-
-class _NoCallback:
-    """``build_trainer``'s gather callback: a Lightning callback that does nothing."""
-
-    def __new__(cls):
-        from lightning.pytorch.callbacks import Callback
-
-        return Callback()
 
 
 def test_the_code_fingerprint_tells_emulated_bf16_apart(cpu_bf16):
