@@ -15,8 +15,9 @@ device runs it in hardware (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX)
 float32. A CPU without them (AVX2 only) emulates bf16 matmuls: scoring measured 4.7x
 slower than in float32 (bench/RESULTS.md), so an explicit bf16 there gets a warning with
 the fix.
-The two settings give different numbers, so the code fingerprint
-(``cem.provenance``) records which one this machine has.
+The two settings give different numbers, and so do two CPUs that both run bf16 natively
+(AMX and AVX512-BF16 kernels sum in other orders): the code fingerprint
+(``cem.provenance``) records ``cpu_kernels``, what picks this machine's kernels.
 """
 
 from __future__ import annotations
@@ -87,6 +88,50 @@ def cpu_kind() -> str:
     if torch.cpu._is_avx512_bf16_supported():
         return "avx512_bf16"
     return torch.backends.cpu.get_cpu_capability().lower().replace(" ", "_")
+
+
+# Environment variables that cap the kernels torch, oneDNN and MKL dispatch to.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
+              "MKL_ENABLE_INSTRUCTIONS")  # fmt: skip
+
+
+def cpu_kernels() -> str:
+    """What picks this CPU's kernels, and so its numbers, e.g. ``avx512 avx512_bf16
+    amx_tile amx_fp16 vnni; GenuineIntel 6/143 Intel(R) Xeon(R) Processor``: the vector
+    width torch dispatches to, the bf16 and int8 units, the CPU model, and any of
+    ``KERNEL_ENV`` that is set. The same world items scored in bf16 differ by about 0.1 nat
+    per option between an AMX machine, the same machine capped at AVX512-BF16
+    (``ONEDNN_MAX_CPU_ISA``), and the machine of the archived tables (experiments/LOG.md,
+    2026-12-03)."""
+    import torch
+
+    units = (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx_tile", "_is_amx_tile_supported"),
+             ("amx_fp16", "_is_amx_fp16_supported"), ("vnni", "_is_vnni_supported"))  # fmt: skip
+    has = [name for name, probe in units if getattr(torch.cpu, probe, lambda: False)()]
+    env = [f"{k}={os.environ[k]}" for k in KERNEL_ENV if os.environ.get(k)]
+    width = torch.backends.cpu.get_cpu_capability().lower().replace(" ", "_")
+    return f"{' '.join([width, *has, *env])}; {_cpu_model()}"
+
+
+def _cpu_model() -> str:
+    """The vendor, family/model and name of the CPU (``/proc/cpuinfo``), else what
+    ``platform`` knows."""
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block says it for all
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "vendor_id" not in fields:
+        return platform.processor() or platform.machine() or "unknown"
+    return (f"{fields['vendor_id']} {fields.get('cpu family', '?')}/{fields.get('model', '?')} "
+            f"{fields.get('model name', '')}").strip()  # fmt: skip
 
 
 def resolve_dtype(key: str, spec: str, device: str) -> str:

@@ -2,9 +2,9 @@
 what its stages ran with, and ``cem report`` says when a table's runs differ in it.
 
 ``code_fingerprint`` is the sha256 of the package's source and of what else can move a
-number (the torch and transformers versions, the thread count, the GPU, and what the CPU
-gives bf16: an AVX2-only CPU emulates it and scores differently from AVX512-BF16), so it tells two
-installs apart even where there is no git checkout; the git commit is recorded beside it
+number (the torch and transformers versions, the thread count, the GPU, and what picks the
+CPU's kernels: ``cem.device.cpu_kernels``), so it tells two installs and two kinds of machine
+apart even where there is no git checkout; the git commit is recorded beside it
 where the package runs from one. It also keys the shared round-0 work (``cem.loop.share``).
 """
 
@@ -34,12 +34,12 @@ def code_fingerprint() -> str:
     h.update(f"threads={torch.get_num_threads()}".encode())
     # model.device=auto scores on the GPU where there is one: other kernels, other numbers.
     h.update(f"cuda={torch.cuda.get_device_name() if torch.cuda.is_available() else None}".encode())
-    # bf16 kernels differ by CPU: AVX2 emulation moved world's round-0 log-likelihoods by
-    # up to 0.9 nat against AVX512-BF16 (experiments/LOG.md, 2026-12-02), whose runs
-    # matched AMX's digit for digit.
-    from cem.device import bf16_native
+    # Kernels differ by CPU: AVX2's emulated bf16 moved world's round-0 log-likelihoods by
+    # up to 0.9 nat against the archived tables' machine, an AMX machine by about 0.1
+    # (experiments/LOG.md, 2026-12-02 and 2026-12-03).
+    from cem.device import cpu_kernels
 
-    h.update(f"cpu_bf16={bf16_native('cpu')}".encode())
+    h.update(f"cpu={cpu_kernels()}".encode())
     return h.hexdigest()
 
 
@@ -66,12 +66,13 @@ def git_commit() -> tuple[str | None, bool | None]:
 
 
 def provenance() -> dict:
-    """``{"cem", "code", "commit", "dirty", "torch", "transformers", "threads"}`` of this
-    process: what a done-marker records of the code that ran the stage."""
+    """``{"cem", "code", "commit", "dirty", "torch", "transformers", "threads", "cpu"}`` of
+    this process: what a done-marker records of the code and machine that ran the stage."""
     import torch
     import transformers
 
     import cem
+    from cem.device import cpu_kernels
 
     commit, dirty = git_commit()
     return {
@@ -82,4 +83,5 @@ def provenance() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
+        "cpu": cpu_kernels(),
     }

@@ -196,6 +196,8 @@ def cpu_bf16(monkeypatch):
     def set_native(native: bool) -> None:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability",
                             lambda: "AVX512" if native else "AVX2")  # fmt: skip
 
@@ -279,3 +281,40 @@ def test_the_code_fingerprint_tells_emulated_bf16_apart(cpu_bf16):
         cpu_bf16(native)
         prints[native] = code_fingerprint.__wrapped__()
     assert prints[True] != prints[False]
+
+
+def test_the_code_fingerprint_tells_cpus_with_native_bf16_apart(cpu_bf16, monkeypatch, request):
+    """AMX, AVX512-BF16 and a CPU capped by ONEDNN_MAX_CPU_ISA all run bf16 natively and
+    give different numbers, so each gets its own fingerprint, and provenance names it."""
+    from cem.provenance import code_fingerprint, provenance
+
+    code_fingerprint.cache_clear()  # provenance() below caches a fingerprint of the fakes:
+    request.addfinalizer(code_fingerprint.cache_clear)  # later tests get this machine's
+
+    cpu_bf16(True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(devices, "_cpu_model", lambda: "GenuineIntel 6/143 Xeon")
+    avx512_bf16 = code_fingerprint.__wrapped__()
+    assert devices.cpu_kernels() == "avx512 avx512_bf16; GenuineIntel 6/143 Xeon"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    amx = code_fingerprint.__wrapped__()
+    assert "amx_tile" in devices.cpu_kernels()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    capped = code_fingerprint.__wrapped__()
+    assert "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" in devices.cpu_kernels()
+    monkeypatch.setattr(devices, "_cpu_model", lambda: "AuthenticAMD 25/17 EPYC")
+    amd = code_fingerprint.__wrapped__()
+    assert len({avx512_bf16, amx, capped, amd}) == 4
+    assert provenance()["cpu"] == devices.cpu_kernels()
+
+
+def test_the_cpu_model_is_read_from_cpuinfo():
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    vendor = next(line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("vendor_id"))  # fmt: skip
+    model = devices._cpu_model()
+    assert model.startswith(f"{vendor} ") and "/" in model.split()[1]  # vendor family/model

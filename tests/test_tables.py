@@ -299,9 +299,10 @@ def test_report_against_refuses_what_it_cannot_pair(tmp_path):
 
 
 def test_report_names_the_code_and_warns_when_runs_differ_in_it(tmp_path):
-    def code(fp, commit="f115e34aa", dirty=False, threads=2):
+    def code(fp, commit="f115e34aa", dirty=False, threads=2, cpu=None):
         return {"cem": "0.1.0", "code": fp, "commit": commit, "dirty": dirty,
-                "torch": "2.13.0", "transformers": "5.17.0", "threads": threads}  # fmt: skip
+                "torch": "2.13.0", "transformers": "5.17.0", "threads": threads,
+                **({"cpu": cpu} if cpu else {})}  # fmt: skip
 
     same = {f"paradigm={p},seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])
             | {"code": [code("aaaa")]} for p in ("parallel", "cpt_only")}  # fmt: skip
@@ -312,12 +313,13 @@ def test_report_names_the_code_and_warns_when_runs_differ_in_it(tmp_path):
     assert "Warning" not in md
     mixed = {"paradigm=parallel,seed=0": same["paradigm=parallel,seed=0"],
              "paradigm=cpt_only,seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])
-             | {"code": [code("bbbb", dirty=True, threads=1)]},
+             | {"code": [code("bbbb", dirty=True, threads=1, cpu="avx512 amx_tile; Xeon")]},
              "paradigm=cpt_only,seed=1": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])}  # fmt: skip
     fake_sweep(tmp_path / "mixed", mixed)
     md = make_report(tmp_path / "mixed", draw=False)["md"].read_text()
     assert "**Warning: the runs ran on 2 code versions**" in md
-    assert "`bbbb` (commit f115e34aa with changes;" in md and "1 threads): 1 runs" in md
+    assert "`bbbb` (commit f115e34aa with changes;" in md
+    assert "1 threads, CPU avx512 amx_tile; Xeon): 1 runs" in md  # the machine, where recorded
     assert "not recorded by 1 runs" in md
     fake_sweep(tmp_path / "old", {"seed=0": summary([0.5, 0.6, 0.8], [0.5, 0.6, 0.7])})
     assert (
@@ -585,3 +587,25 @@ def test_report_against_pairs_forgetting_per_item(tmp_path):
     for cell in cells[3:5]:  # about +21 points, interval above 0
         delta, lo = float(cell.split()[0]), float(cell.split("[")[1].split(",")[0])
         assert 14 < delta < 28 and lo > 0 and float(cell.rpartition("p=")[2]) < 0.01
+
+
+def test_report_warns_when_a_pair_starts_from_other_round_0_scores(tmp_path):
+    """The rows of a seed start from one model, so their round-0 scores match digit for digit
+    on one kind of machine; a pair whose scores differ (another machine, the archived
+    paradigm table's seed 2) gets a warning that names the rows, the seed and the gap."""
+    rng = random.Random(2)
+    for seed in (0, 1):
+        ref = [rng.random() < 0.7 for _ in range(40)]
+        for row in ("a", "b"):
+            item_run(tmp_path, f"row={row},seed={seed}", seed, ref, ref)
+            moved = {0: 1.5, 1: 0.25, 2: 0.25} if (row, seed) == ("b", 1) else {}
+            # item_run's round 0 is scored in round_1/eval (its summary's first eval_dir)
+            write_records(tmp_path / f"row={row},seed={seed}" / "round_1" / "eval" / "records.jsonl",
+                          [eval_record(f"q{i}", "exam" if i < 20 else "test", c,
+                                       scores=[-1.0 - moved.get(i, 0.0), -2.0])
+                           for i, c in enumerate(ref)])  # fmt: skip
+    md = make_report(tmp_path, draw=False, against="row=a")["md"].read_text()
+    warnings = [x for x in md.splitlines() if x.startswith("**Warning: `row=b`")]
+    assert len(warnings) == 1  # seed 0 matches: no warning for it
+    assert warnings[0].startswith("**Warning: `row=b` and `row=a` start apart at seed 1**")
+    assert "score 3 of 40 items differently (up to 1.50 nat per option; 1 of them" in warnings[0]

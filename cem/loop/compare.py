@@ -34,11 +34,14 @@ class RunItems:
     final: dict[str, dict[str, bool]]
     probe: tuple[list[float], list[float]] | None  # per-passage NLL per token: (ref, final)
     round0: dict[str, dict[str, bool]] | None = None  # round 0's model: forgetting's reference
+    # round 0's option scores, item id -> scores: rows of one seed start from the same model,
+    # so these match digit for digit unless the rows ran on different kinds of machine
+    round0_scores: dict[str, list[float]] | None = None
 
 
-def _correct(folder: RoundDir) -> dict[str, dict[str, bool]]:
+def _correct(records: Sequence[EvalRecord]) -> dict[str, dict[str, bool]]:
     out: dict[str, dict[str, bool]] = {}
-    for r in read_records(folder.records, EvalRecord):
+    for r in records:
         out.setdefault(r.set, {})[r.id] = r.correct
     return out
 
@@ -59,11 +62,22 @@ def load_items(path: Path, summary: RunSummary) -> RunItems:
         if not d.records.is_file():
             raise CemError(f"{d.records} not found: the run {path} is incomplete")
     probes = (_probe(ref_dir), _probe(final_dir))
-    ref = _correct(ref_dir)
+    ref_records = read_records(ref_dir.records, EvalRecord)
     r0_dir = RunDir(path).scored(summary.rounds[0].eval_dir)
-    round0 = ref if r0_dir == ref_dir else _correct(r0_dir) if r0_dir.records.is_file() else None
-    return RunItems(path, summary.seed, ref, _correct(final_dir),
-                    probes if all(p is not None for p in probes) else None, round0)  # fmt: skip
+    r0_records = (ref_records if r0_dir == ref_dir
+                  else read_records(r0_dir.records, EvalRecord) if r0_dir.records.is_file()
+                  else None)  # fmt: skip
+    return RunItems(path, summary.seed, _correct(ref_records),
+                    _correct(read_records(final_dir.records, EvalRecord)),
+                    probes if all(p is not None for p in probes) else None,
+                    None if r0_records is None else _correct(r0_records),
+                    _scores(r0_records))  # fmt: skip
+
+
+def _scores(records: Sequence[EvalRecord] | None) -> dict[str, list[float]] | None:
+    """Item id -> option scores (None where there are none: generation mode, or no records)."""
+    scores = {r.id: r.scores for r in records or () if r.scores is not None}
+    return scores or None
 
 
 def _vectors(run: RunItems, name: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +140,30 @@ def pair_runs(a: Sequence[RunItems], b: Sequence[RunItems], a_label: str, b_labe
     return pairs
 
 
+def start_difference(x: RunItems, y: RunItems) -> dict | None:
+    """How the round-0 scores of a pair differ, or None where they match (or are missing).
+
+    Rows of one seed start from the same model and items, so their round-0 scores match
+    digit for digit on one kind of machine; they differ when the rows ran on different
+    kinds (the archived paradigm table's seed 2: up to 0.88 nat per option, 8 predictions,
+    experiments/LOG.md 2026-12-03), in different dtypes, or from different models.
+    """
+    if x.round0_scores is None or y.round0_scores is None:
+        return None
+    common = sorted(set(x.round0_scores) & set(y.round0_scores))
+    gaps = [max((abs(a - b) for a, b in zip(x.round0_scores[i], y.round0_scores[i],
+                                            strict=True)), default=0.0)
+            for i in common]  # fmt: skip
+    differ = sum(g > 0 for g in gaps)
+    if not differ:
+        return None
+    preds = sum(
+        int(np.argmax(x.round0_scores[i])) != int(np.argmax(y.round0_scores[i])) for i in common
+    )
+    return {"seed": x.seed, "items": len(common), "differ": differ, "predictions": preds,
+            "max_nat": max(gaps)}  # fmt: skip
+
+
 def _forgetting(pairs: Sequence[tuple[RunItems, RunItems]]) -> dict[str, dict | None]:
     """Per set, ``a``'s forgetting minus ``b``'s, paired per item: on the items both runs'
     round-0 models got right, whether each final model now gets them wrong (the summary's
@@ -173,6 +211,7 @@ def compare(a: Sequence[RunItems], b: Sequence[RunItems], a_label: str, b_label:
         out["general_nll"] = stratified_comparison(list(zip(probe_a, probe_b, strict=True)),
                                                    [1 / n] * n)  # fmt: skip
     out["forgetting"] = _forgetting(pairs)
+    out["start_differs"] = [d for x, y in pairs if (d := start_difference(x, y))]
     out["seeds"] = sorted(x.seed for x, _ in pairs)
     out["unpaired"] = sorted({r.seed for r in (*a, *b)} - set(out["seeds"]))
     return out

@@ -149,6 +149,24 @@ def against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
     return lines
 
 
+def start_warnings(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
+    """A warning for each row whose round-0 scores differ from ``label``'s at some seed:
+    the pair did not start from the same numbers, so its difference mixes the row with a
+    machine, dtype or model difference (``cem.loop.compare.start_difference``)."""
+    out = []
+    for v, c in rows:
+        for d in c.get("start_differs") or []:
+            out += ["", f"**Warning: `{v.label}` and `{label}` start apart at seed "
+                    f"{d['seed']}**: their round-0 models score {d['differ']} of {d['items']}"
+                    f" items differently (up to {d['max_nat']:.2f} nat per option;"
+                    f" {d['predictions']} of them predicted otherwise), though the rows of a"
+                    " seed start from one model. They ran on different kinds of machine (the code lines below"
+                    " name the CPU where it was recorded), in different dtypes, or from"
+                    " different models, so the difference at this seed mixes the row with"
+                    " that. Rerun one of them where the other ran, or leave the seed out."]  # fmt: skip
+    return out
+
+
 def forgetting_against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
     """Each row's forgetting minus ``label``'s, per set, paired per item (empty when no row
     has round 0's records)."""
@@ -237,7 +255,7 @@ def markdown(root: Path, variants: list[Variant], stats: list[dict[str, dict]],
             raise CemError(f"the runs of {base.label!r} have no eval records to pair")
         rows = [(v, compare(i, b_items, v.label, base.label))
                 for v, i in zip(variants, items, strict=True) if v is not base and i]  # fmt: skip
-        lines += ["", *against_table(base.label, rows)]
+        lines += ["", *against_table(base.label, rows), *start_warnings(base.label, rows)]
         forgetting = forgetting_against_table(base.label, rows)
         if forgetting:
             lines += ["", *forgetting]
@@ -268,17 +286,19 @@ def code_lines(runs: list[Run]) -> list[str]:
     def describe(c: dict) -> str:
         commit = (c["commit"] or "")[:9]
         where = f"commit {commit}{' with changes' if c['dirty'] else ''}" if commit else "no git"
+        cpu = f", CPU {c['cpu']}" if c.get("cpu") else ""  # older runs did not record it
         return (f"`{c['code']}` ({where}; cem {c['cem']}, torch {c['torch']}, transformers "
-                f"{c['transformers']}, {c['threads']} threads): {users[c['code']]} runs")  # fmt: skip
+                f"{c['transformers']}, {c['threads']} threads{cpu}): "
+                f"{users[c['code']]} runs")  # fmt: skip
 
     if not versions:
         return [f"Code: not recorded (the {unrecorded} runs were made before cem recorded it)."]
-    out = ["Code (source, library versions and threads, by fingerprint): "
+    out = ["Code (source, library versions, threads and CPU, by fingerprint): "
            + "; ".join(describe(c) for c in versions.values())]  # fmt: skip
     if unrecorded:
         out[0] += f"; not recorded by {unrecorded} runs (made before cem recorded it)"
     if len(versions) > 1:
         out += ["", f"**Warning: the runs ran on {len(versions)} code versions**; a row that "
-                "differs from another in code as well as in its overrides may owe the "
-                "difference to either."]  # fmt: skip
+                "differs from another in code or machine as well as in its overrides may "
+                "owe the difference to either."]  # fmt: skip
     return out
