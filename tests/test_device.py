@@ -318,3 +318,17 @@ def test_the_cpu_model_is_read_from_cpuinfo():
                   if line.startswith("vendor_id"))  # fmt: skip
     model = devices._cpu_model()
     assert model.startswith(f"{vendor} ") and "/" in model.split()[1]  # vendor family/model
+
+
+@pytest.mark.parametrize("native, dtype", [(True, "bfloat16"), (False, "float32")])
+def test_eval_timing_records_the_resolved_dtype(cpu_bf16, no_cuda, tmp_path, compose, native,
+                                                dtype):  # fmt: skip
+    import json
+
+    from cem.evaluation.runner import run_eval
+
+    cpu_bf16(native)
+    run_eval(compose("eval", f"run_dir={tmp_path}", *TINY_EVAL, "model.dtype=auto",
+                     "eval.general_probe=false"))  # fmt: skip
+    timing = json.loads((tmp_path / "eval" / "timing.json").read_text())
+    assert timing["dtype"] == dtype and timing["device"] == "cpu"  # what auto became here

@@ -108,6 +108,7 @@ def _evaluate_and_write(cfg: DictConfig, folder: RoundDir, group: Ranks) -> dict
             "probe_s": t3 - t2,
             "questions_per_s": n / max(t2 - t1, 1e-9),
             "device": str(next(model.parameters()).device),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # auto resolved
         },  # fmt: skip
     )
     write_stage_config(folder, "eval", cfg)
