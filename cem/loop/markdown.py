@@ -129,7 +129,9 @@ def against_table(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
         " both have (same seeds, so the same splits), pooled by a stratified paired bootstrap;"
         " p from a paired sign-flip permutation test. Verdict on the row's knowledge gain"
         f" being larger than `{label}`'s; Holm p: the knowledge gain's p adjusted over the"
-        f" {len(rows)} rows compared with `{label}` (Holm's step-down).",
+        f" {len(rows)} rows compared with `{label}` (Holm's step-down). The verdict reads"
+        " the interval; p comes from another test, so near the edge it can fall on the"
+        " other side of 0.05.",
         "",
         "| variant | seeds | " + " | ".join(f"Δ {CLAIM_NAMES[c]}" for c in CLAIMS)
         + " | Δ gen. NLL | verdict | Holm p |",
