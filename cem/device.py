@@ -79,7 +79,7 @@ def bf16_native(device: str) -> bool:
 
 
 def cpu_kind() -> str:
-    """What the CPU gives bf16, for the code fingerprint and the messages: ``amx``,
+    """What the CPU gives bf16, for the messages: ``amx``,
     ``avx512_bf16`` or the vector width torch dispatches to (e.g. ``avx2``)."""
     import torch
 
@@ -87,6 +87,13 @@ def cpu_kind() -> str:
         return "amx"
     if torch.cpu._is_avx512_bf16_supported():
         return "avx512_bf16"
+    return _vector_width()
+
+
+def _vector_width() -> str:
+    """The vector instruction set torch dispatches its own kernels to, e.g. ``avx512``."""
+    import torch
+
     return torch.backends.cpu.get_cpu_capability().lower().replace(" ", "_")
 
 
@@ -109,8 +116,7 @@ def cpu_kernels() -> str:
              ("amx_fp16", "_is_amx_fp16_supported"), ("vnni", "_is_vnni_supported"))  # fmt: skip
     has = [name for name, probe in units if getattr(torch.cpu, probe, lambda: False)()]
     env = [f"{k}={os.environ[k]}" for k in KERNEL_ENV if os.environ.get(k)]
-    width = torch.backends.cpu.get_cpu_capability().lower().replace(" ", "_")
-    return f"{' '.join([width, *has, *env])}; {_cpu_model()}"
+    return f"{' '.join([_vector_width(), *has, *env])}; {_cpu_model()}"
 
 
 def _cpu_model() -> str:

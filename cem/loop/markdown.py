@@ -162,10 +162,11 @@ def start_warnings(label: str, rows: list[tuple[Variant, dict]]) -> list[str]:
                     f"{d['seed']}**: their round-0 models score {d['differ']} of {d['items']}"
                     f" items differently (up to {d['max_nat']:.2f} nat per option;"
                     f" {d['predictions']} of them predicted otherwise), though the rows of a"
-                    " seed start from one model. They ran on different kinds of machine (the code lines below"
-                    " name the CPU where it was recorded), in different dtypes, or from"
-                    " different models, so the difference at this seed mixes the row with"
-                    " that. Rerun one of them where the other ran, or leave the seed out."]  # fmt: skip
+                    " seed start from one model. They ran on different kinds of machine"
+                    " (the code lines below name the CPU where it was recorded), in different"
+                    " dtypes, or from different models, so the difference at this seed mixes"
+                    " the row with that. Rerun one of them where the other ran, or leave the"
+                    " seed out."]  # fmt: skip
     return out
 
 
