@@ -40,17 +40,17 @@ test-gpu: assets
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m gpu -q
 
 bench: assets
-	$(BIN)/python bench/bench_eval.py
-	$(BIN)/python bench/bench_retrieval.py
-	$(BIN)/python bench/bench_train.py
+	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_train.py
 
 lint: setup
-	$(BIN)/ruff check cem tests bench experiments
-	$(BIN)/ruff format --check cem tests bench experiments
+	$(BIN)/ruff check cem tests benchmarks experiments
+	$(BIN)/ruff format --check cem tests benchmarks experiments
 
 format: setup
-	$(BIN)/ruff format cem tests bench experiments
-	$(BIN)/ruff check --fix cem tests bench experiments
+	$(BIN)/ruff format cem tests benchmarks experiments
+	$(BIN)/ruff check --fix cem tests benchmarks experiments
 
 clean:
 	rm -rf runs outputs .pytest_cache .ruff_cache

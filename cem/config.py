@@ -158,7 +158,7 @@ class SourceConfig:
     embedding_asset: str = "minilm-l6-v2"  # dense retrieval: the sentence-embedding asset
     embedding_model: str | None = None  # or a local folder / hub id, which wins over the asset
     # bf16 builds the default index in 44 s instead of 131 s (2 CPU cores), top-5 overlap
-    # with float32 0.99-1.0 (bench/RESULTS.md); the dtype is part of the index's key.
+    # with float32 0.99-1.0 (benchmarks/RESULTS.md); the dtype is part of the index's key.
     embedding_dtype: EmbeddingDtype = EmbeddingDtype.auto
     index_dir: str | None = None  # where indexes are cached; null: $CEM_CACHE/indexes
     # HTTP sources (wikipedia_api, web_search).

@@ -13,7 +13,7 @@ The one dtype rule goes with it: ``auto`` (``model.dtype``, ``knowledge.extracto
 the dense embedder's ``embedding_dtype``, ``trainer.precision``) is bfloat16 where the
 device runs it in hardware (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else
 float32. A CPU without them (AVX2 only) emulates bf16 matmuls: scoring measured 4.7x
-slower than in float32 (bench/RESULTS.md), so an explicit bf16 there gets a warning with
+slower than in float32 (benchmarks/RESULTS.md), so an explicit bf16 there gets a warning with
 the fix.
 The two settings give different numbers, and so do two CPUs that both run bf16 natively
 (AMX and AVX512-BF16 kernels sum in other orders): the code fingerprint
@@ -183,7 +183,7 @@ def _slow_bf16(setting: str, fix: str) -> None:
 
     console.print(f"[yellow]{setting}: this CPU ({cpu_kind()}) has no native bf16 "
                   "(AVX512-BF16 or AMX), so bf16 matmuls are emulated, several times slower "
-                  f"than float32 (bench/RESULTS.md). Set {fix} for float32 here; results "
+                  f"than float32 (benchmarks/RESULTS.md). Set {fix} for float32 here; results "
                   "differ from bf16 runs.[/]")  # fmt: skip
 
 

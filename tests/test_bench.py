@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_gpu_smoke_runs_its_three_parts_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
-    cmd = [sys.executable, "bench/bench_gpu.py", "--smoke", "--device", "cpu", "--out", str(out)]
+    script = "benchmarks/bench_gpu.py"
+    cmd = [sys.executable, script, "--smoke", "--device", "cpu", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,7 +32,7 @@ def test_bench_gpu_smoke_runs_its_three_parts_on_the_cpu(tmp_path):
 
 def test_bench_train_smoke_runs(tmp_path):
     out = tmp_path / "train.json"
-    proc = subprocess.run([sys.executable, "bench/bench_train.py", "--smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--smoke", "--out", str(out)],
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())

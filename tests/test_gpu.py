@@ -3,8 +3,8 @@ held to what the same code gives on the CPU.
 
 Skipped without CUDA (tests/conftest.py). ``CEM_GPU_TIER_DEVICE=cpu make test-gpu`` runs the
 tier on the CPU instead: a dry run of its code paths on a machine with no GPU, which is how
-the tier is checked before a GPU is at hand. ``bench/gpu_check.sh`` runs it, with
-``bench/bench_gpu.py``, on a GPU host.
+the tier is checked before a GPU is at hand. ``benchmarks/gpu_check.sh`` runs it, with
+``benchmarks/bench_gpu.py``, on a GPU host.
 """
 
 from __future__ import annotations

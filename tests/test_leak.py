@@ -95,7 +95,7 @@ def test_long_question_ngrams_without_answer_count():
     assert not guard.is_leak(" ".join(q.split()[2:]))
 
 
-def test_scan_of_many_passages_accounts_for_each():  # its speed: bench/bench_retrieval.py
+def test_scan_of_many_passages_accounts_for_each():  # its speed: benchmarks/bench_retrieval.py
     rng = random.Random(0)
     words = [f"w{i}" for i in range(5000)]
     items = [

@@ -83,7 +83,7 @@ def test_dedupe_matches_pairwise_jaccard():
 
 def test_dedupe_compares_candidates_not_all_pairs(monkeypatch):
     """Prefix filtering: a passage is compared with the few kept ones that share a prefix
-    shingle, not with every kept one (the speed figure itself: bench/bench_retrieval.py)."""
+    shingle, not with every kept one (the speed figure itself: benchmarks/bench_retrieval.py)."""
     rng = random.Random(0)
     vocab = [f"w{i}" for i in range(3000)]
     ps = [_p(" ".join(rng.choices(vocab, k=150))) for _ in range(2000)]

@@ -200,7 +200,7 @@ def test_transfer_can_be_switched_off(paths):
     assert {it.subject for it in got["exam"]} == {"capital"}
 
 
-def test_builds_the_same_sets_twice(paths):  # its speed: bench/bench_retrieval.py
+def test_builds_the_same_sets_twice(paths):  # its speed: benchmarks/bench_retrieval.py
     first, again = build(paths), build(paths)
     assert {k: [it.id for it in v] for k, v in first.items()} == {
         k: [it.id for it in v] for k, v in again.items()

@@ -1,5 +1,5 @@
 """lm-evaluation-harness as a peer: the same requests through its ``HFLM``, for the parity
-test (tests/test_lm_eval_parity.py) and the throughput benchmark (bench/bench_eval.py).
+test (tests/test_lm_eval_parity.py) and the throughput benchmark (benchmarks/bench_eval.py).
 
 ``lm_eval`` comes with the ``dev`` extra; it is imported only when called.
 """

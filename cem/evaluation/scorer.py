@@ -2,7 +2,7 @@
 
 Tokenisation follows lm-evaluation-harness's ``HFLM`` exactly (``_encode_pair``, empty
 contexts, left truncation), so that per-question predictions agree with lm-eval. What
-differs is the layout, which is why it is faster (``bench/bench_eval.py``). lm-eval
+differs is the layout, which is why it is faster (``benchmarks/bench_eval.py``). lm-eval
 forwards context + option once per option and runs the LM head on every position; here
 a batch of questions takes one forward pass:
 

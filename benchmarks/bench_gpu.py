@@ -13,8 +13,8 @@ asserted.
 3. ``cem run loop.rounds=2 trainer=gpu model.device=cuda`` on the default: wall time, the
    seconds of each stage, and the knowledge gain with its interval.
 
-    python bench/bench_gpu.py --out gpu.json          # on a GPU host (bench/gpu_check.sh)
-    python bench/bench_gpu.py --smoke --device cpu    # the code paths, tiny model, no GPU
+    python benchmarks/bench_gpu.py --out gpu.json          # on a GPU host (benchmarks/gpu_check.sh)
+    python benchmarks/bench_gpu.py --smoke --device cpu    # the code paths, tiny model, no GPU
 """
 
 from __future__ import annotations

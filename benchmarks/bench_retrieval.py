@@ -6,7 +6,7 @@ for 1,000 queries, plus the leak guard and dedupe over the retrieved passages, a
 build of the embedded ``world`` benchmark from its assets. The figures are printed,
 nothing is asserted. Targets: BM25 build <= 30 s, 1,000 queries <= 5 s.
 
-    .venv/bin/python bench/bench_retrieval.py [--queries 1000] [--skip-dense]
+    .venv/bin/python benchmarks/bench_retrieval.py [--queries 1000] [--skip-dense]
 """
 
 from __future__ import annotations

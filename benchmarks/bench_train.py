@@ -9,8 +9,8 @@ transformers 5 spells ``train_sampling_strategy="group_by_length"``), which batc
 of similar length and so pads less. Tokens/s counts real (non-pad) input tokens and skips
 the first step (start-up). Nothing is asserted.
 
-    .venv/bin/python bench/bench_train.py --steps 20 --precision 32-true bf16-mixed
-    .venv/bin/python bench/bench_train.py --smoke   # does it run? (no figure to keep)
+    .venv/bin/python benchmarks/bench_train.py --steps 20 --precision 32-true bf16-mixed
+    .venv/bin/python benchmarks/bench_train.py --smoke   # does it run? (no figure to keep)
 """
 
 from __future__ import annotations

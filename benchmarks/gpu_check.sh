@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check in one command, on a GPU host with no network: installs the wheels that
-# bench/gpu_pack.sh packed into .gpu/, puts the offline assets in place, then runs the gpu
-# test tier (tests/test_gpu.py) and bench/bench_gpu.py. Logs and figures go to $OUT
+# benchmarks/gpu_pack.sh packed into .gpu/, puts the offline assets in place, then runs the gpu
+# test tier (tests/test_gpu.py) and benchmarks/bench_gpu.py. Logs and figures go to $OUT
 # (default gpu_out/): test_gpu.log, bench_gpu.log, bench_gpu.json. Arguments are passed to
 # bench_gpu.py. Planned for under 8 minutes on one H100/H200.
 #
-#   bench/gpu_check.sh                                   # on the GPU host
-#   CEM_GPU_TIER_DEVICE=cpu bench/gpu_check.sh --smoke --device cpu   # its dry run, no GPU
+#   benchmarks/gpu_check.sh                                   # on the GPU host
+#   CEM_GPU_TIER_DEVICE=cpu benchmarks/gpu_check.sh --smoke --device cpu   # its dry run, no GPU
 #
 # .gpu/a/ may have been uploaded earlier and copied to $CEM_GPU_STASH (default /tmp/cem-gpu).
 set -uo pipefail
@@ -36,7 +36,7 @@ cp .gpu/b/assets/*.whl "$CEM_CACHE/wheels/"
 for part in .gpu/b/assets/*.part01; do
   name=$(basename "$part" .part01)
   first=$(ls "$STASH/$name.part00" ".gpu/a/$name.part00" 2>/dev/null | head -1)
-  [[ -n $first ]] || { echo "missing $name.part00: upload .gpu/a (bench/gpu_pack.sh)"; exit 1; }
+  [[ -n $first ]] || { echo "missing $name.part00: upload .gpu/a (benchmarks/gpu_pack.sh)"; exit 1; }
   cat "$first" "$part" > "$CEM_CACHE/wheels/$name"
 done
 "$PY" -m cem assets fetch smollm2-135m-instruct wiki-summaries-en countryinfo || exit 1
@@ -46,7 +46,7 @@ step "gpu test tier"
 tier=${PIPESTATUS[0]}
 
 step bench_gpu
-"$PY" bench/bench_gpu.py --out "$OUT/bench_gpu.json" "$@" 2>&1 | tee "$OUT/bench_gpu.log"
+"$PY" benchmarks/bench_gpu.py --out "$OUT/bench_gpu.json" "$@" 2>&1 | tee "$OUT/bench_gpu.log"
 bench=${PIPESTATUS[0]}
 
 step "done: test tier exit $tier, bench exit $bench"

@@ -5,9 +5,9 @@ same model object; the figures are printed, nothing is asserted. The items are M
 astronomy (long questions, lm-eval's own prompt) or the embedded ``world`` benchmark's
 exam and test sets rendered exactly as ``cem eval`` renders them (short cloze stems).
 
-    .venv/bin/python bench/bench_eval.py --n 150 --dtype fp32 bf16
-    .venv/bin/python bench/bench_eval.py --benchmark world --n 400 --dtype fp32
-    .venv/bin/python bench/bench_eval.py --memory 2000 20000   # peak RSS of `cem eval`
+    .venv/bin/python benchmarks/bench_eval.py --n 150 --dtype fp32 bf16
+    .venv/bin/python benchmarks/bench_eval.py --benchmark world --n 400 --dtype fp32
+    .venv/bin/python benchmarks/bench_eval.py --memory 2000 20000   # peak RSS of `cem eval`
 """
 
 from __future__ import annotations
