@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", choices=["lora", "full"], default=["lora", "full"])
     p.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
     p.add_argument("--skip-hf", action="store_true", help="time ours only")
+    p.add_argument(
+        "--bucketed",
+        action="store_true",
+        help="also time ours unpacked (train.pack=false: length buckets, as many rows per "
+        "batch as packing gives): packing's block-causal attention against padding",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     p.add_argument(
@@ -84,16 +90,21 @@ def compose(run_dir: Path, overrides: list[str]):
         return hydra_compose("train", [f"run_dir={run_dir}", *overrides])
 
 
-def bench_ours(rows: list[dict], mode: str, precision: str, args) -> dict:
+def bench_ours(rows: list[dict], mode: str, precision: str, args, pack: bool = True,
+               batch: int | None = None) -> dict:  # fmt: skip
+    """``cem train`` on ``rows``: packed into ``--seq-len`` sequences, ``--batch-size`` a
+    step, or with ``pack=False`` one row per sequence, ``batch`` rows a step."""
     from cem.training.train import train_round
 
+    batch = batch or args.batch_size
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         run_dir = Path(tmp)
         (run_dir / "train_set").mkdir()
         pd.DataFrame(rows).to_parquet(run_dir / "train_set" / "train.parquet")
         cfg = compose(run_dir, [
             f"train.finetune={mode}", f"train.max_steps={args.steps}",
-            f"train.seq_len={args.seq_len}", f"train.batch_size={args.batch_size}",
+            f"train.seq_len={args.seq_len}", f"train.batch_size={batch}",
+            f"train.pack={str(pack).lower()}",
             f"train.checkpoint_every_n_steps={args.steps + 1}", f"trainer.precision={precision}",
             "trainer.enable_progress_bar=false", "train.lr=1e-4",
         ])  # fmt: skip
@@ -102,7 +113,7 @@ def bench_ours(rows: list[dict], mode: str, precision: str, args) -> dict:
     return {
         "tokens_per_s": m["tokens_per_s"],
         "padding_waste": m["padding_waste"],
-        "rows_per_batch": d["examples"] / d["sequences"] * args.batch_size,
+        "rows_per_batch": d["examples"] / d["sequences"] * batch,
         "loss": [m["loss_first"], m["loss_last"]],
     }
 
@@ -207,8 +218,12 @@ def main(argv: list[str] | None = None) -> None:
             key = f"ours/{mode}/{precision}"
             results[key] = bench_ours(rows, mode, precision, args)
             print(key, json.dumps(results[key]), flush=True)
+            batch = max(1, round(results[key]["rows_per_batch"]))
+            if args.bucketed:
+                key = f"ours_bucketed/{mode}/{precision}"
+                results[key] = bench_ours(rows, mode, precision, args, pack=False, batch=batch)
+                print(key, json.dumps(results[key]), flush=True)
             if mode == "lora" and not args.skip_hf:
-                batch = max(1, round(results[key]["rows_per_batch"]))
                 for peer, extra in HF_PEERS.items():
                     key = f"{peer}/{mode}/{precision}"
                     results[key] = bench_hf(rows, precision, batch, args, extra)

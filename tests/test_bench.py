@@ -32,9 +32,12 @@ def test_bench_gpu_smoke_runs_its_three_parts_on_the_cpu(tmp_path):
 
 def test_bench_train_smoke_runs(tmp_path):
     out = tmp_path / "train.json"
-    proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--smoke", "--out", str(out)],
-                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--smoke", "--bucketed", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["ours/lora/32-true"]["tokens_per_s"] > 0
     assert got["hf_trainer_peft_grouped/lora/32-true"]["sampler"] == "LengthGroupedSampler"
+    bucketed = got["ours_bucketed/lora/32-true"]  # unpacked: one row per sequence
+    assert bucketed["rows_per_batch"] == round(got["ours/lora/32-true"]["rows_per_batch"])
+    assert bucketed["padding_waste"] > got["ours/lora/32-true"]["padding_waste"]
